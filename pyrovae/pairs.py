@@ -1,0 +1,114 @@
+"""Finding model/guide pairs: bundled ones by name, a user's as ``path/to/file.py:ClassName``.
+
+A pair is an ``nn.Module`` with methods ``model(x, y=None)`` and ``guide(x, y=None)``.
+Bundled pairs in :mod:`pyrovae.models` put themselves in the registry with
+:func:`register`; this module imports that package by name only when asked, so the
+machinery never depends on a particular model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+from torch import nn
+
+from pyrovae.errors import UsageError
+
+__all__ = ["register", "bundled", "resolve", "build", "spec_of", "parse_model_args"]
+
+T = TypeVar("T", bound=type)
+_REGISTRY: dict[str, type[nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[T], T]:
+    """Class decorator: make a pair available to the CLI as ``name``."""
+
+    def add(cls: T) -> T:
+        if name in _REGISTRY and _REGISTRY[name] is not cls:
+            raise ValueError(f"two pairs registered as {name!r}: {_REGISTRY[name]} and {cls}")
+        _REGISTRY[name] = cls
+        return cls
+
+    return add
+
+
+def bundled() -> dict[str, type[nn.Module]]:
+    """The registered pairs by name (importing :mod:`pyrovae.models` registers the bundled ones)."""
+    importlib.import_module("pyrovae.models")
+    return dict(sorted(_REGISTRY.items()))
+
+
+def _check_pair_class(cls: Any, where: str) -> type[nn.Module]:
+    if not (inspect.isclass(cls) and issubclass(cls, nn.Module)):
+        raise UsageError(f"{where} is not an nn.Module subclass; a pair is an nn.Module with model() and guide()")
+    missing = [m for m in ("model", "guide") if not callable(getattr(cls, m, None))]
+    if missing:
+        raise UsageError(f"{where} has no {' or '.join(missing)} method; a pair needs model(x, y=None) and guide(x, y=None)")
+    return cls
+
+
+def _load_from_file(path: Path, class_name: str) -> type[nn.Module]:
+    if not path.is_file():
+        raise UsageError(f"no such file: {path} (expected path/to/file.py:ClassName)")
+    module_name = f"pyrovae_user_{path.stem}_{abs(hash(str(path.resolve())))}"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        raise UsageError(f"cannot import {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    if not hasattr(module, class_name):
+        found = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module)]
+        raise UsageError(f"{path} defines no {class_name!r}; nn.Module classes there: {', '.join(found) or 'none'}")
+    return _check_pair_class(getattr(module, class_name), f"{path}:{class_name}")
+
+
+def resolve(spec: str) -> type[nn.Module]:
+    """The pair class named by ``spec``: a registered name or ``path/to/file.py:ClassName``."""
+    if ":" in spec:
+        path, class_name = spec.rsplit(":", 1)
+        return _load_from_file(Path(path), class_name)
+    registry = bundled()
+    if spec not in registry:
+        raise UsageError(
+            f"unknown model {spec!r}; valid names: {', '.join(registry)} "
+            "(or path/to/file.py:ClassName for your own pair)"
+        )
+    return registry[spec]
+
+
+def spec_of(pair: nn.Module) -> str:
+    """How to name ``pair``'s class again: its registered name, else ``file.py:ClassName``."""
+    for name, cls in bundled().items():
+        if type(pair) is cls:
+            return name
+    return f"{Path(inspect.getfile(type(pair))).resolve()}:{type(pair).__qualname__}"
+
+
+def build(spec: str, args: dict[str, Any] | None = None) -> nn.Module:
+    """Construct the pair named ``spec`` with keyword arguments ``args``."""
+    cls = resolve(spec)
+    try:
+        return cls(**(args or {}))
+    except TypeError as err:
+        raise UsageError(f"cannot build {spec} with {args}: {err}; its signature is {cls.__name__}{inspect.signature(cls)}") from err
+
+
+def parse_model_args(items: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings; values are JSON when they parse as JSON, else strings."""
+    args: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--arg takes KEY=VALUE with KEY a Python name, got {item!r}")
+        try:
+            args[key] = json.loads(value)
+        except json.JSONDecodeError:
+            args[key] = value
+    return args

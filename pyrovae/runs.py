@@ -1,0 +1,150 @@
+"""The run directory: ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` and images.
+
+Checkpoints are written to a temporary file and renamed over the old one, so a run
+stopped at any moment (Ctrl-C, SIGTERM, a crash) leaves the last complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyro
+import torch
+from torch import nn
+
+from pyrovae.errors import PyrovaeError
+from pyrovae.pairs import build
+
+__all__ = [
+    "CONFIG",
+    "METRICS",
+    "CHECKPOINT",
+    "Run",
+    "prepare_dir",
+    "append_metrics",
+    "read_metrics",
+    "save_checkpoint",
+    "load_checkpoint",
+    "load_run",
+]
+
+CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
+# configuration keys a resumed run may change: how long to train, and where
+MAY_CHANGE_ON_RESUME = frozenset({"epochs", "device", "data_root"})
+_MODULE_DIVIDER = "$$$"  # how pyro.module names a network's parameters in the param store
+
+
+@dataclass
+class Run:
+    """A trained pair with its configuration and per-epoch metrics.
+
+    ``param_state`` holds Pyro parameters declared with ``pyro.param`` outside any
+    network (network parameters live in ``pair``); use :meth:`param_scope` to
+    evaluate the pair with them, isolated from Pyro's global parameter store.
+    """
+
+    pair: nn.Module
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    out: Path | None = None
+    param_state: dict[str, Any] = field(default_factory=lambda: {"params": {}, "constraints": {}})
+
+    @contextmanager
+    def param_scope(self) -> Iterator[dict[str, Any]]:
+        """A param store holding only this run's parameters, for the duration of the block."""
+        with pyro.get_param_store().scope(self.param_state) as state:
+            yield state
+
+
+def free_param_state(state: dict[str, Any]) -> dict[str, Any]:
+    """The part of a param store state that is not a network registered with ``pyro.module``."""
+    keep = [name for name in state["params"] if _MODULE_DIVIDER not in name]
+    return {
+        "params": {n: state["params"][n].detach().clone() for n in keep},
+        "constraints": {n: state["constraints"][n] for n in keep},
+    }
+
+
+def prepare_dir(out: Path, config: dict[str, Any], resume: bool) -> dict[str, Any] | None:
+    """Create or reopen ``out``; return the checkpoint to resume from, if any.
+
+    Refuses to overwrite a run that has a checkpoint unless ``resume`` is set, to resume
+    where there is none, and to resume with a different configuration.
+    """
+    ckpt_path = out / CHECKPOINT
+    if resume:
+        if not ckpt_path.exists():
+            raise PyrovaeError(f"--resume: no checkpoint in {out}; start the run without --resume")
+        ckpt = load_checkpoint(out)
+        old = ckpt["config"]
+        changed = sorted(k for k in set(old) | set(config) if k not in MAY_CHANGE_ON_RESUME and old.get(k) != config.get(k))
+        if changed:
+            diffs = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {config.get(k)!r} now" for k in changed)
+            raise PyrovaeError(f"--resume: {out} was trained with a different configuration ({diffs}); "
+                               "use the same options or another --out")
+        return ckpt
+    if ckpt_path.exists():
+        raise PyrovaeError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it, "
+                           "or choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        (out / METRICS).write_text("")
+    except OSError as err:
+        raise PyrovaeError(f"cannot write the run directory {out}: {err.strerror or err}; choose another --out") from err
+    return None
+
+
+def append_metrics(out: Path, record: dict[str, Any]) -> None:
+    with open(out / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def read_metrics(out: Path, last_epoch: int | None = None) -> list[dict[str, Any]]:
+    """The metrics records of ``out``, keeping only epochs up to ``last_epoch`` when given."""
+    path = out / METRICS
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in records if last_epoch is None or r["epoch"] <= last_epoch]
+
+
+def rewrite_metrics(out: Path, records: list[dict[str, Any]]) -> None:
+    tmp = out / (METRICS + ".tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    os.replace(tmp, out / METRICS)
+
+
+def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
+    """Write ``state`` to ``out/checkpoint.pt`` atomically."""
+    path, tmp = out / CHECKPOINT, out / (CHECKPOINT + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_checkpoint(out: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    path = Path(out) / CHECKPOINT
+    if not path.exists():
+        raise PyrovaeError(f"no checkpoint in {out}: is it a run directory written by `pyrovae train`?")
+    try:
+        # our own files: they hold optimizer states and Pyro constraint objects, not only tensors
+        return torch.load(path, map_location=map_location, weights_only=False)
+    except Exception as err:
+        raise PyrovaeError(f"cannot read {path}: {err}") from err
+
+
+def load_run(out: str | Path, device: str | torch.device = "cpu") -> Run:
+    """Rebuild the trained pair of a run directory from its last checkpoint."""
+    out = Path(out)
+    ckpt = load_checkpoint(out, map_location=device)
+    config = ckpt["config"]
+    pair = build(config["model"], config["model_args"])
+    pair.load_state_dict(ckpt["pair"])
+    pair.to(device).eval()
+    return Run(pair, config, read_metrics(out, ckpt["epoch"]), out, ckpt["params"])

@@ -1,0 +1,240 @@
+"""The SVI loop: any model/guide pair, any registered estimator, Adam.
+
+The trainer knows nothing about a particular model. It reads a few optional
+attributes of the pair: ``x_shape`` (checked against the data), ``likelihood``
+(binarization and the range of the data), ``uses_labels`` (labels are passed as
+``y``) and ``hparams`` (recorded so that the pair can be rebuilt). Extend it with
+:class:`Callback` objects.
+
+Each epoch appends ``epoch``, ``train_elbo``, ``test_elbo`` (nats per example) and
+``seconds`` to ``metrics.jsonl`` and writes ``checkpoint.pt`` atomically: network
+weights, free Pyro parameters, optimizer state, epoch and RNG states. A stopped run
+continues with ``resume=True`` and ends with the same parameters as one that never
+stopped (same device, same seed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pyro
+import pyro.optim
+import torch
+from pyro.infer import SVI
+from torch import nn
+from tqdm.auto import tqdm
+
+from pyrovae.data import Dataset, batches, fixed_binarization
+from pyrovae.errors import NonFiniteLossError, PyrovaeError, UsageError
+from pyrovae.estimators import make_estimator
+from pyrovae.evaluate import test_elbo
+from pyrovae.pairs import spec_of
+from pyrovae.plots import save_reconstructions, save_samples
+from pyrovae import runs
+from pyrovae.runs import Run
+
+__all__ = ["Callback", "train", "resolve_device", "check_data"]
+
+
+class Callback:
+    """Hooks called by :func:`train`; override the ones you need."""
+
+    def on_step(self, epoch: int, step: int, loss: float) -> None:
+        """After each SVI step; ``loss`` is the batch's negative ELBO sum."""
+
+    def on_epoch(self, record: dict[str, Any]) -> None:
+        """After each epoch, with the record appended to ``metrics.jsonl``."""
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A ``torch.device``, with a clear error for unknown or unavailable devices."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise UsageError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise PyrovaeError(f"device {device!r} asked for, but CUDA is not available on this machine; use --device cpu")
+    if dev.type not in ("cpu", "cuda"):
+        raise UsageError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
+    return dev
+
+
+def check_data(pair: nn.Module, data: Dataset) -> None:
+    """Refuse data the pair cannot take: a wrong example shape, or values outside [0, 1]
+    for a likelihood on the unit interval."""
+    expected = getattr(pair, "x_shape", None)
+    if expected is not None and tuple(expected) != data.x_shape:
+        raise PyrovaeError(
+            f"{type(pair).__name__} expects examples of shape {tuple(expected)}, but {data.name} "
+            f"examples have shape {data.x_shape}; build the pair with x_shape={list(data.x_shape)}"
+        )
+    likelihood = getattr(pair, "likelihood", None)
+    if getattr(likelihood, "unit_interval", False):
+        for label, split in (("train", data.train), ("test", data.test)):
+            lo, hi = split.x.min().item(), split.x.max().item()
+            if lo < 0 or hi > 1:
+                raise PyrovaeError(
+                    f"the {likelihood.name} likelihood needs pixel values in [0, 1], but the {label} "
+                    f"split has values in [{lo:g}, {hi:g}]; rescale the data (for 8-bit images, x / 255)"
+                )
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _epoch_generator(seed: int, epoch: int, salt: int, device: torch.device) -> torch.Generator:
+    """A generator that depends only on (seed, epoch, salt): data order and binarization
+    of an epoch are the same whether or not the run was resumed."""
+    return torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) * 7 + salt)
+
+
+def _has_nonfinite(pair: nn.Module) -> bool:
+    return any(not torch.isfinite(p).all() for p in pair.parameters())
+
+
+def train(
+    pair: nn.Module,
+    data: Dataset,
+    *,
+    epochs: int = 10,
+    elbo: str = "trace",
+    batch_size: int = 256,
+    lr: float = 1e-3,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    out: str | Path | None = None,
+    resume: bool = False,
+    quiet: bool = False,
+    callbacks: Sequence[Callback] = (),
+) -> Run:
+    """Train ``pair`` on ``data`` by SVI and return the :class:`~pyrovae.runs.Run`.
+
+    :param elbo: a name from :data:`pyrovae.estimators.ESTIMATORS`.
+    :param out: run directory for config, metrics, checkpoint and images; ``None`` keeps
+        everything in memory.
+    :param resume: continue the run in ``out`` from its checkpoint, up to ``epochs``.
+    :param quiet: print nothing. Otherwise a progress bar (on a terminal) and a line per epoch.
+    """
+    if epochs < 1 or batch_size < 1 or not lr > 0:
+        raise UsageError(f"epochs and batch size must be positive and lr > 0; got epochs={epochs}, "
+                         f"batch_size={batch_size}, lr={lr}")
+    if resume and out is None:
+        raise UsageError("resume=True needs the run directory out=")
+    estimator = make_estimator(elbo)
+    dev = resolve_device(device)
+    check_data(pair, data)
+    config = json.loads(json.dumps({
+        "model": spec_of(pair), "model_args": getattr(pair, "hparams", {}),
+        "dataset": data.name, "data_root": data.root,
+        "train_size": len(data.train), "test_size": len(data.test),
+        "elbo": elbo, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "epochs": epochs, "device": str(dev),
+    }))
+    out = Path(out) if out is not None else None
+    ckpt = runs.prepare_dir(out, config, resume) if out is not None else None
+
+    pair.to(dev)
+    data = data.to(dev)
+    likelihood = getattr(pair, "likelihood", None)
+    binarize = getattr(likelihood, "binarize", False)
+    uses_labels = getattr(pair, "uses_labels", False)
+    test = type(data.test)(fixed_binarization(data.test.x), data.test.y) if binarize else data.test
+
+    optim = pyro.optim.Adam({"lr": lr})
+    if ckpt is None:
+        start, metrics, store = 0, [], None
+        pyro.set_rng_seed(seed)
+    else:
+        start, store = ckpt["epoch"], ckpt["params"]
+        pair.load_state_dict(ckpt["pair"])
+        optim.set_state(ckpt["optim"])
+        _set_rng_state(ckpt["rng"])
+        metrics = runs.read_metrics(out, start)
+        runs.rewrite_metrics(out, metrics)
+        with open(out / runs.CONFIG, "w") as f:
+            f.write(json.dumps(config, indent=2) + "\n")
+    say = (lambda msg: None) if quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
+    show_bar = not quiet and sys.stderr.isatty()
+    n_train = len(data.train)
+
+    with pyro.get_param_store().scope(store) as scope:
+        svi = SVI(pair.model, pair.guide, optim, loss=estimator)
+        for epoch in range(start + 1, epochs + 1):
+            t0 = time.perf_counter()
+            pair.train()
+            shuffle = _epoch_generator(seed, epoch, 0, torch.device("cpu"))
+            flips = _epoch_generator(seed, epoch, 1, dev) if binarize else None
+            total, seen = 0.0, 0
+            bar = tqdm(total=math.ceil(n_train / batch_size), desc=f"epoch {epoch}/{epochs}",
+                       disable=not show_bar, leave=False, file=sys.stderr)
+            for step, (x, y) in enumerate(batches(data.train, batch_size, shuffle=shuffle, binarize_with=flips), 1):
+                try:
+                    loss = svi.step(x, y) if uses_labels else svi.step(x)
+                except (ValueError, RuntimeError) as err:
+                    if _has_nonfinite(pair):
+                        raise NonFiniteLossError(epoch, step, float("nan"), _last_checkpoint(out)) from err
+                    raise PyrovaeError(f"{type(pair).__name__} failed at epoch {epoch}, step {step}, on a batch "
+                                       f"of shape {tuple(x.shape)}: {err}") from err
+                if not math.isfinite(loss):
+                    raise NonFiniteLossError(epoch, step, loss, _last_checkpoint(out))
+                total, seen = total + loss, seen + x.shape[0]
+                for cb in callbacks:
+                    cb.on_step(epoch, step, loss)
+                bar.update()
+                bar.set_postfix(elbo=f"{-total / seen:.2f}", refresh=False)
+            bar.close()
+            pair.eval()
+            record = {
+                "epoch": epoch,
+                "train_elbo": -total / n_train,
+                "test_elbo": test_elbo(pair, test, estimator, max(batch_size, 1000), uses_labels),
+                "seconds": time.perf_counter() - t0,
+            }
+            metrics.append(record)
+            say(f"epoch {epoch}/{epochs}  train ELBO {record['train_elbo']:.2f}  "
+                f"test ELBO {record['test_elbo']:.2f}  ({record['seconds']:.1f} s)")
+            if out is not None:
+                runs.append_metrics(out, record)
+                runs.save_checkpoint(out, {
+                    "epoch": epoch, "config": config, "pair": pair.state_dict(),
+                    "params": runs.free_param_state(pyro.get_param_store().get_state()),
+                    "optim": optim.get_state(), "rng": _rng_state(),
+                })
+            for cb in callbacks:
+                cb.on_epoch(record)
+        params = runs.free_param_state(pyro.get_param_store().get_state())
+    del scope
+    pair.eval()
+    if out is not None:
+        _save_images(pair, test.x[:32], out)
+    return Run(pair, config, metrics, out, params)
+
+
+def _last_checkpoint(out: Path | None) -> str | None:
+    return str(out / runs.CHECKPOINT) if out is not None and (out / runs.CHECKPOINT).exists() else None
+
+
+def _save_images(pair: nn.Module, x: torch.Tensor, out: Path) -> None:
+    if callable(getattr(pair, "sample", None)):
+        save_samples(pair, out / "samples.png")
+    if callable(getattr(pair, "reconstruct", None)):
+        save_reconstructions(pair, x, out / "reconstructions.png")
