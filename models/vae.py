@@ -25,6 +25,7 @@ import pyro.distributions as dist
 import torch
 from torch import nn
 
+from pyrovae.errors import UsageError
 from pyrovae.likelihoods import make_likelihood
 from pyrovae.nets import Decoder, Encoder
 from pyrovae.pairs import register
@@ -50,6 +51,8 @@ class VAE(nn.Module):
         x_shape: Sequence[int] = (1, 28, 28),
     ) -> None:
         super().__init__()
+        if not hidden or z_dim < 1:
+            raise UsageError(f"the VAE needs z_dim >= 1 and at least one hidden layer size, got z_dim={z_dim}, hidden={hidden}")
         self.hparams = {"z_dim": z_dim, "hidden": list(hidden), "likelihood": likelihood, "x_shape": list(x_shape)}
         self.z_dim = z_dim
         self.x_shape = tuple(x_shape)

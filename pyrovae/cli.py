@@ -20,7 +20,7 @@ import pyro
 from pyrovae.data import DATASETS, fixed_binarization, load_dataset
 from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import ESTIMATORS, make_estimator
-from pyrovae.evaluate import test_elbo
+from pyrovae.evaluate import mean_elbo
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.pairs import build, bundled, parse_model_args
 from pyrovae.plots import save_samples
@@ -87,7 +87,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         test = type(test)(fixed_binarization(test.x), test.y)
     t0 = time.perf_counter()
     with run.param_scope():
-        elbo = test_elbo(run.pair, test, make_estimator(cfg["elbo"]), args.batch_size,
+        elbo = mean_elbo(run.pair, test, make_estimator(cfg["elbo"]), args.batch_size,
                          getattr(run.pair, "uses_labels", False))
     result = {"test_elbo": elbo, "estimator": cfg["elbo"], "num_examples": len(test),
               "epoch": run.metrics[-1]["epoch"] if run.metrics else None, "seconds": time.perf_counter() - t0}

@@ -8,11 +8,11 @@ from torch import nn
 
 from pyrovae.data import Split, batches
 
-__all__ = ["test_elbo"]
+__all__ = ["mean_elbo"]
 
 
 @torch.no_grad()
-def test_elbo(pair: nn.Module, split: Split, estimator: ELBO, batch_size: int = 1000,
+def mean_elbo(pair: nn.Module, split: Split, estimator: ELBO, batch_size: int = 1000,
               uses_labels: bool = False) -> float:
     """Mean of ``estimator``'s bound over ``split`` in nats per example (higher is better).
 

@@ -62,10 +62,12 @@ class Run:
 
 
 def free_param_state(state: dict[str, Any]) -> dict[str, Any]:
-    """The part of a param store state that is not a network registered with ``pyro.module``."""
+    """The part of a param store state that is not a network registered with ``pyro.module``,
+    copied as trainable leaves (``set_state`` stores tensors as given, so a detached copy
+    would never train again after a resume)."""
     keep = [name for name in state["params"] if _MODULE_DIVIDER not in name]
     return {
-        "params": {n: state["params"][n].detach().clone() for n in keep},
+        "params": {n: state["params"][n].detach().clone().requires_grad_(True) for n in keep},
         "constraints": {n: state["constraints"][n] for n in keep},
     }
 
@@ -80,7 +82,7 @@ def prepare_dir(out: Path, config: dict[str, Any], resume: bool) -> dict[str, An
     if resume:
         if not ckpt_path.exists():
             raise PyrovaeError(f"--resume: no checkpoint in {out}; start the run without --resume")
-        ckpt = load_checkpoint(out)
+        ckpt = load_checkpoint(out, map_location=config["device"])
         old = ckpt["config"]
         changed = sorted(k for k in set(old) | set(config) if k not in MAY_CHANGE_ON_RESUME and old.get(k) != config.get(k))
         if changed:

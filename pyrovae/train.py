@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import sys
 import time
 from pathlib import Path
@@ -34,13 +35,13 @@ from tqdm.auto import tqdm
 from pyrovae.data import Dataset, batches, fixed_binarization
 from pyrovae.errors import NonFiniteLossError, PyrovaeError, UsageError
 from pyrovae.estimators import make_estimator
-from pyrovae.evaluate import test_elbo
+from pyrovae.evaluate import mean_elbo
 from pyrovae.pairs import spec_of
 from pyrovae.plots import save_reconstructions, save_samples
 from pyrovae import runs
 from pyrovae.runs import Run
 
-__all__ = ["Callback", "train", "resolve_device", "check_data"]
+__all__ = ["Callback", "train", "resolve_device", "check_data", "epoch_generator"]
 
 
 class Callback:
@@ -61,6 +62,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise UsageError(f"unknown device {device!r}; use cpu, cuda or cuda:N") from err
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise PyrovaeError(f"device {device!r} asked for, but CUDA is not available on this machine; use --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise PyrovaeError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
     if dev.type not in ("cpu", "cuda"):
         raise UsageError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
     return dev
@@ -101,13 +104,18 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
-def _epoch_generator(seed: int, epoch: int, salt: int, device: torch.device) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int, salt: int, device: torch.device) -> torch.Generator:
     """A generator that depends only on (seed, epoch, salt): data order and binarization
     of an epoch are the same whether or not the run was resumed."""
     return torch.Generator(device=device).manual_seed((seed * 1_000_003 + epoch) * 7 + salt)
 
 
-def _has_nonfinite(pair: nn.Module) -> bool:
+def _is_nonfinite_failure(err: Exception, pair: nn.Module) -> bool:
+    """NaN or infinite numbers in the parameters, or in a distribution's arguments
+    (rejected by Pyro's argument validation before any loss is computed)."""
+    text = str(err)
+    if "invalid values" in text and re.search(r"\b-?(nan|inf)\b", text.split("invalid values", 1)[1]):
+        return True
     return any(not torch.isfinite(p).all() for p in pair.parameters())
 
 
@@ -133,6 +141,10 @@ def train(
         everything in memory.
     :param resume: continue the run in ``out`` from its checkpoint, up to ``epochs``.
     :param quiet: print nothing. Otherwise a progress bar (on a terminal) and a line per epoch.
+
+    ``seed`` fixes the data order, the binarizations and the SVI samples; the networks'
+    initial weights are drawn when the pair is built, so call ``pyro.set_rng_seed(seed)``
+    before building it for a fully repeatable run (the CLI does).
     """
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise UsageError(f"epochs and batch size must be positive and lr > 0; got epochs={epochs}, "
@@ -181,8 +193,8 @@ def train(
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
             pair.train()
-            shuffle = _epoch_generator(seed, epoch, 0, torch.device("cpu"))
-            flips = _epoch_generator(seed, epoch, 1, dev) if binarize else None
+            shuffle = epoch_generator(seed, epoch, 0, torch.device("cpu"))
+            flips = epoch_generator(seed, epoch, 1, dev) if binarize else None
             total, seen = 0.0, 0
             bar = tqdm(total=math.ceil(n_train / batch_size), desc=f"epoch {epoch}/{epochs}",
                        disable=not show_bar, leave=False, file=sys.stderr)
@@ -190,7 +202,7 @@ def train(
                 try:
                     loss = svi.step(x, y) if uses_labels else svi.step(x)
                 except (ValueError, RuntimeError) as err:
-                    if _has_nonfinite(pair):
+                    if _is_nonfinite_failure(err, pair):
                         raise NonFiniteLossError(epoch, step, float("nan"), _last_checkpoint(out)) from err
                     raise PyrovaeError(f"{type(pair).__name__} failed at epoch {epoch}, step {step}, on a batch "
                                        f"of shape {tuple(x.shape)}: {err}") from err
@@ -206,7 +218,7 @@ def train(
             record = {
                 "epoch": epoch,
                 "train_elbo": -total / n_train,
-                "test_elbo": test_elbo(pair, test, estimator, max(batch_size, 1000), uses_labels),
+                "test_elbo": mean_elbo(pair, test, estimator, max(batch_size, 1000), uses_labels),
                 "seconds": time.perf_counter() - t0,
             }
             metrics.append(record)

@@ -1,0 +1,117 @@
+"""The ``pyrovae`` command end to end on a tiny budget, its errors, and stopping by SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pyrovae.cli import main
+from pyrovae.runs import load_checkpoint, read_metrics
+
+TINY = ["--train-size", "300", "--test-size", "100", "--batch-size", "50", "--quiet"]
+SMALL_VAE = ["--arg", "z_dim=4", "--arg", "hidden=[16]"]
+EXAMPLES = Path(__file__).parent / "example_pairs.py"
+
+
+def test_models_lists_pairs_likelihoods_and_estimators(capsys):
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("vae ") and "continuous-bernoulli" in out and "meanfield" in out
+
+
+def test_train_eval_sample_end_to_end(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "vae", "--epochs", "2", "--out", str(run), *TINY, *SMALL_VAE]) == 0
+    assert "final test ELBO" in capsys.readouterr().out
+    metrics = read_metrics(run)
+    assert [r["epoch"] for r in metrics] == [1, 2]
+
+    assert main(["eval", str(run)]) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert result["num_examples"] == 100 and result["estimator"] == "trace"
+    # the same bound on the same fixed binarization: equal up to single-sample noise
+    assert abs(result["test_elbo"] - metrics[-1]["test_elbo"]) < 10
+
+    png = tmp_path / "samples.png"
+    assert main(["sample", str(run), "-n", "9", "--out", str(png)]) == 0
+    assert Image.open(png).size == (3 * 30 + 2, 3 * 30 + 2)  # 3 x 3 images of 28 px, 2 px padding
+
+
+def test_a_users_pair_trains_and_evaluates_from_its_file(tmp_path):
+    run = tmp_path / "mine"
+    spec = f"{EXAMPLES}:OffsetVAE"
+    assert main(["train", spec, "--epochs", "1", "--out", str(run), "--arg", "z_dim=3", *TINY]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"] == spec and config["model_args"] == {"z_dim": 3}
+    assert main(["eval", str(run)]) == 0
+
+
+@pytest.mark.parametrize(
+    "argv, status, message",
+    [
+        (["train", "resnet"], 2, "valid names: vae"),
+        (["train", "vae", "--elbo", "iwae-0"], 2, "valid names: trace, meanfield, graph, enum"),
+        (["train", "vae", "--dataset", "cifar10"], 2, "valid names: fashion-mnist, mnist"),
+        (["train", "vae", "--device", "tpu"], 2, "unknown device"),
+        (["train", "vae", "--arg", "z_dim"], 2, "KEY=VALUE"),
+        (["train", "vae", "--arg", "depth=3"], 2, "signature is VAE(z_dim"),
+        (["train", "vae", "--arg", "likelihood=poisson"], 2, "unknown likelihood"),
+        (["train", "nowhere.py:Pair"], 2, "no such file"),
+        (["train", f"{EXAMPLES}:Missing"], 2, "OffsetVAE"),
+        (["train", "vae", "--arg", "x_shape=[1,32,32]", *TINY], 1, r"expects examples of shape (1, 32, 32)"),
+        (["eval", "."], 1, "no checkpoint"),
+    ],
+)
+def test_bad_input_gets_one_message_and_a_status(argv, status, message, capsys):
+    assert main(argv) == status
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("pyrovae ") and "Traceback" not in err
+
+
+def test_resume_errors_through_the_command_line(tmp_path, capsys):
+    run = str(tmp_path / "r")
+    assert main(["train", "vae", "--resume", "--out", run, *TINY]) == 1
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["train", "vae", "--epochs", "1", "--out", run, *TINY, *SMALL_VAE]) == 0
+    assert main(["train", "vae", "--epochs", "2", "--resume", "--out", run, *TINY, "--arg", "z_dim=5"]) == 1
+    assert "z_dim" in capsys.readouterr().err
+    assert main(["train", "vae", "--epochs", "1", "--out", run, *TINY, *SMALL_VAE]) == 1
+    assert "pass --resume" in capsys.readouterr().err
+
+
+def test_a_file_in_the_way_of_the_run_directory(tmp_path, capsys):
+    (tmp_path / "blocker").write_text("")
+    assert main(["train", "vae", "--out", str(tmp_path / "blocker" / "run"), *TINY, *SMALL_VAE]) == 1
+    assert "cannot write the run directory" in capsys.readouterr().err
+
+
+def test_unknown_model_in_a_fresh_process_exits_2_without_traceback():
+    done = subprocess.run([sys.executable, "-m", "pyrovae", "train", "resnet"], capture_output=True, text=True)
+    assert done.returncode == 2 and "valid names: vae" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_sigterm_keeps_the_last_complete_checkpoint_and_resume_continues(tmp_path):
+    run = tmp_path / "long"
+    argv = ["train", "vae", "--epochs", "100000", "--out", str(run), *TINY, *SMALL_VAE]
+    proc = subprocess.Popen([sys.executable, "-m", "pyrovae", *argv], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "checkpoint.pt").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "training never wrote a checkpoint"
+        time.sleep(0.05)
+    time.sleep(0.5)  # stop it somewhere in a later epoch
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "last complete checkpoint" in err and "--resume" in err and "Traceback" not in err
+    epoch = load_checkpoint(run)["epoch"]
+    assert epoch >= 1
+    resumed = ["train", "vae", "--epochs", str(epoch + 1), "--resume", "--out", str(run), *TINY, *SMALL_VAE]
+    assert main(resumed) == 0
+    assert [r["epoch"] for r in read_metrics(run)] == list(range(1, epoch + 2))

@@ -1,0 +1,72 @@
+"""Data: shapes, ranges, the Debian copy, errors, binarization and batches."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pyrovae.data import DATASETS, Split, batches, binarize, fixed_binarization, load_dataset
+from pyrovae.errors import PyrovaeError, UsageError
+
+
+def test_splits_have_image_shape_unit_range_and_labels(data):
+    assert data.x_shape == (1, 28, 28)
+    assert (len(data.train), len(data.test)) == (600, 200)
+    for split in (data.train, data.test):
+        assert split.x.dtype == torch.float32
+        assert split.x.min() >= 0 and split.x.max() <= 1
+        assert split.x.max() == 1  # scaled by 255, not left as bytes or standardized
+        assert split.y.dtype == torch.int64 and set(split.y.tolist()) <= set(range(10))
+    assert len(data.classes) == 10 and data.classes[9] == "Ankle boot"
+    assert data.train.y[:4].tolist() == [9, 0, 0, 3]  # Fashion-MNIST's first training labels
+
+
+def test_debian_copy_is_unpacked_into_the_cache(tmp_path, monkeypatch, data):
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path))
+    fresh = load_dataset("fashion-mnist", train_size=600, test_size=200, download=False)
+    assert (tmp_path / "FashionMNIST" / "raw" / "train-images-idx3-ubyte").stat().st_size == 47040016
+    assert torch.equal(fresh.train.x, data.train.x) and torch.equal(fresh.test.y, data.test.y)
+    assert not list(tmp_path.rglob("*.partial"))
+
+
+def test_missing_data_error_names_every_way_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "empty"))
+    monkeypatch.setitem(DATASETS, "fashion-mnist", (DATASETS["fashion-mnist"][0], tmp_path / "no-package"))
+    with pytest.raises(PyrovaeError) as err:
+        load_dataset("fashion-mnist", root=tmp_path / "nowhere", download=False)
+    message = str(err.value)
+    for way in ("--data-root", "PYROVAE_DATA", "dataset-fashion-mnist", "download"):
+        assert way in message
+
+
+@pytest.mark.parametrize("kwargs", [{"name": "cifar10"}, {"train_size": 0}, {"test_size": -3}])
+def test_bad_arguments_are_usage_errors(kwargs):
+    with pytest.raises(UsageError):
+        load_dataset(**kwargs)
+
+
+def test_test_binarization_is_fixed_and_unbiased(data):
+    a, b = fixed_binarization(data.test.x), fixed_binarization(data.test.x)
+    assert torch.equal(a, b)
+    assert set(a.unique().tolist()) == {0.0, 1.0}
+    assert not torch.equal(a, fixed_binarization(data.test.x, seed=1))
+    # E[binarized] = x: the mean over 156,800 pixels agrees within 5 standard errors
+    se = (data.test.x * (1 - data.test.x)).sum().sqrt() / data.test.x.numel()
+    assert abs(a.mean() - data.test.x.mean()) < 5 * se
+
+
+def test_dynamic_binarization_is_redrawn_each_epoch(data):
+    first = binarize(data.train.x, torch.Generator().manual_seed(1))
+    second = binarize(data.train.x, torch.Generator().manual_seed(2))
+    assert not torch.equal(first, second)
+    assert torch.equal(first, binarize(data.train.x, torch.Generator().manual_seed(1)))
+
+
+def test_shuffled_batches_visit_every_example_once_with_its_label():
+    split = Split(torch.arange(10.0).reshape(10, 1, 1, 1), torch.arange(10))
+    seen = list(batches(split, 4, shuffle=torch.Generator().manual_seed(0)))
+    assert [len(y) for _, y in seen] == [4, 4, 2]
+    ys = torch.cat([y for _, y in seen])
+    assert sorted(ys.tolist()) == list(range(10)) and ys.tolist() != list(range(10))
+    for x, y in seen:
+        assert torch.equal(x.flatten().long(), y)

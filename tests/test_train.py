@@ -1,0 +1,129 @@
+"""The trainer: files, exact resume, stopping, and each bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pyro
+import pytest
+import torch
+
+from example_pairs import OffsetVAE, PoisonedVAE
+from pyrovae import Callback, load_run, train
+from pyrovae.data import Dataset, Split
+from pyrovae.errors import NonFiniteLossError, PyrovaeError, UsageError
+from pyrovae.models import VAE
+from pyrovae.runs import load_checkpoint, read_metrics
+
+SMALL = {"epochs": 3, "batch_size": 100, "quiet": True}
+
+
+class StopAt(Callback):
+    def __init__(self, epoch: int, step: int) -> None:
+        self.epoch, self.step = epoch, step
+
+    def on_step(self, epoch: int, step: int, loss: float) -> None:
+        if (epoch, step) == (self.epoch, self.step):
+            raise KeyboardInterrupt
+
+
+def _pair(cls=VAE, seed=0, **kwargs):
+    pyro.set_rng_seed(seed)
+    return cls(**kwargs) if kwargs or cls is not VAE else cls(z_dim=4, hidden=[16])
+
+
+def test_run_directory_holds_config_metrics_checkpoint_and_images(tmp_path, data):
+    run = train(_pair(), data, out=tmp_path / "run", **SMALL)
+    files = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert files == ["checkpoint.pt", "config.json", "metrics.jsonl", "reconstructions.png", "samples.png"]
+    records = read_metrics(tmp_path / "run")
+    assert [r["epoch"] for r in records] == [1, 2, 3] and records == run.metrics
+    assert set(records[0]) == {"epoch", "train_elbo", "test_elbo", "seconds"}
+    assert all(r["test_elbo"] < 0 for r in records)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"] == "vae" and config["model_args"]["z_dim"] == 4 and config["elbo"] == "trace"
+    loaded = load_run(tmp_path / "run")
+    for name, value in run.pair.state_dict().items():
+        assert torch.equal(loaded.pair.state_dict()[name], value)
+
+
+@pytest.mark.parametrize("cls", [VAE, OffsetVAE])
+def test_interrupted_then_resumed_run_ends_with_identical_parameters(cls, tmp_path, data):
+    whole = train(_pair(cls), data, out=tmp_path / "whole", **SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        train(_pair(cls), data, out=tmp_path / "cut", callbacks=[StopAt(epoch=2, step=3)], **SMALL)
+    assert load_checkpoint(tmp_path / "cut")["epoch"] == 1
+    # a different initialization: the checkpoint, not the seed, must carry the state
+    resumed = train(_pair(cls, seed=123), data, out=tmp_path / "cut", resume=True, **SMALL)
+    for name, value in whole.pair.state_dict().items():
+        assert torch.equal(resumed.pair.state_dict()[name], value), name
+    for name, value in whole.param_state["params"].items():
+        assert torch.equal(resumed.param_state["params"][name], value), name
+    strip = lambda rs: [(r["epoch"], r["train_elbo"], r["test_elbo"]) for r in rs]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "cut")) == strip(whole.metrics)
+    if cls is OffsetVAE:
+        assert whole.param_state["params"]["logit_offset"] != 0  # the free parameter trained
+
+
+def test_resume_continues_to_more_epochs(tmp_path, data):
+    train(_pair(), data, out=tmp_path / "r", **SMALL)
+    run = train(_pair(), data, out=tmp_path / "r", resume=True, **{**SMALL, "epochs": 4})
+    assert [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]
+
+
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data):
+    # epoch 1 calls the model 6 times (steps) + 1 (test ELBO): the 9th call is epoch 2, step 2
+    pair = _pair(PoisonedVAE, poison_at=9, z_dim=4, hidden=[16])
+    with pytest.raises(NonFiniteLossError, match="epoch 2, step 2") as err:
+        train(pair, data, out=tmp_path / "nan", **SMALL)
+    assert "checkpoint.pt" in str(err.value)
+    ckpt = load_checkpoint(tmp_path / "nan")
+    assert ckpt["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ckpt["pair"].values())
+
+
+def _shifted(data: Dataset, scale: float = 1.0, shape=None) -> Dataset:
+    def change(s: Split) -> Split:
+        x = s.x * scale
+        return Split(x.reshape(x.shape[0], *shape) if shape else x, s.y)
+
+    return Dataset(data.name, change(data.train), change(data.test), data.classes)
+
+
+def test_wrong_example_shape_names_both_shapes(data):
+    with pytest.raises(PyrovaeError, match=r"\(1, 28, 28\).*\(1, 14, 56\)"):
+        train(_pair(), _shifted(data, shape=(1, 14, 56)), **SMALL)
+
+
+def test_bernoulli_refuses_values_outside_the_unit_interval(data):
+    with pytest.raises(PyrovaeError, match=r"\[0, 1\].*x / 255"):
+        train(_pair(), _shifted(data, scale=255.0), **SMALL)
+
+
+def test_bad_run_directories_are_refused(tmp_path, data):
+    with pytest.raises(PyrovaeError, match="no checkpoint"):
+        train(_pair(), data, out=tmp_path / "none", resume=True, **SMALL)
+    train(_pair(), data, out=tmp_path / "done", **SMALL)
+    with pytest.raises(PyrovaeError, match="already holds a run"):
+        train(_pair(), data, out=tmp_path / "done", **SMALL)
+    with pytest.raises(PyrovaeError, match=r"lr: 0.001 in the checkpoint, 0.01 now"):
+        train(_pair(), data, out=tmp_path / "done", resume=True, lr=0.01, **SMALL)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(PyrovaeError, match="cannot write the run directory"):
+        train(_pair(), data, out=tmp_path / "file" / "run", **SMALL)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error",
+    [({"elbo": "nope"}, UsageError), ({"device": "tpu"}, UsageError), ({"epochs": 0}, UsageError),
+     ({"lr": -1.0}, UsageError), ({"resume": True}, UsageError)],
+)
+def test_bad_options_are_usage_errors(kwargs, error, data):
+    with pytest.raises(error):
+        train(_pair(), data, **{**SMALL, **kwargs})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_says_so(data):
+    with pytest.raises(PyrovaeError, match="CUDA is not available"):
+        train(_pair(), data, device="cuda", **SMALL)
