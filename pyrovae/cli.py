@@ -17,7 +17,7 @@ from typing import Sequence
 
 import pyro
 
-from pyrovae.data import DATASETS, fixed_binarization, load_dataset
+from pyrovae.data import DATASETS, evaluation_split, load_dataset
 from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import ESTIMATORS, make_estimator
 from pyrovae.evaluate import mean_elbo
@@ -82,9 +82,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run, dev)
     cfg = run.config
     data = load_dataset(cfg["dataset"], root=cfg["data_root"], train_size=1, test_size=cfg["test_size"], device=dev)
-    test = data.test
-    if getattr(getattr(run.pair, "likelihood", None), "binarize", False):
-        test = type(test)(fixed_binarization(test.x), test.y)
+    test = evaluation_split(data.test, getattr(getattr(run.pair, "likelihood", None), "binarize", False))
     t0 = time.perf_counter()
     with run.param_scope():
         elbo = mean_elbo(run.pair, test, make_estimator(cfg["elbo"]), args.batch_size,

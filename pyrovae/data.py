@@ -29,6 +29,7 @@ __all__ = [
     "cache_dir",
     "binarize",
     "fixed_binarization",
+    "evaluation_split",
     "batches",
 ]
 
@@ -180,6 +181,11 @@ def fixed_binarization(x: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> t
     """The same binarization for the same ``x`` and seed on any device (drawn on the CPU)."""
     generator = torch.Generator().manual_seed(seed)
     return binarize(x.cpu(), generator).to(x.device)
+
+
+def evaluation_split(split: Split, binarized: bool) -> Split:
+    """``split`` as it is evaluated: the fixed-seed binarization for Bernoulli likelihoods."""
+    return Split(fixed_binarization(split.x), split.y) if binarized else split
 
 
 def batches(

@@ -32,7 +32,7 @@ from pyro.infer import SVI
 from torch import nn
 from tqdm.auto import tqdm
 
-from pyrovae.data import Dataset, batches, fixed_binarization
+from pyrovae.data import Dataset, batches, evaluation_split
 from pyrovae.errors import NonFiniteLossError, PyrovaeError, UsageError
 from pyrovae.estimators import make_estimator
 from pyrovae.evaluate import mean_elbo
@@ -169,7 +169,7 @@ def train(
     likelihood = getattr(pair, "likelihood", None)
     binarize = getattr(likelihood, "binarize", False)
     uses_labels = getattr(pair, "uses_labels", False)
-    test = type(data.test)(fixed_binarization(data.test.x), data.test.y) if binarize else data.test
+    test = evaluation_split(data.test, binarize)
 
     optim = pyro.optim.Adam({"lr": lr})
     if ckpt is None:
@@ -188,7 +188,7 @@ def train(
     show_bar = not quiet and sys.stderr.isatty()
     n_train = len(data.train)
 
-    with pyro.get_param_store().scope(store) as scope:
+    with pyro.get_param_store().scope(store):
         svi = SVI(pair.model, pair.guide, optim, loss=estimator)
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
@@ -234,7 +234,6 @@ def train(
             for cb in callbacks:
                 cb.on_epoch(record)
         params = runs.free_param_state(pyro.get_param_store().get_state())
-    del scope
     pair.eval()
     if out is not None:
         _save_images(pair, test.x[:32], out)

@@ -74,3 +74,9 @@ def test_every_likelihood_trains(likelihood, data):
     run = train(pair, data, epochs=2, batch_size=100, quiet=True)
     assert all(torch.isfinite(torch.tensor(r["test_elbo"])) for r in run.metrics)
     assert run.metrics[1]["train_elbo"] > run.metrics[0]["train_elbo"]
+
+
+@pytest.mark.parametrize("elbo", ["trace", "meanfield", "graph", "enum"])
+def test_every_registered_estimator_trains_the_vae(elbo, data):
+    run = train(VAE(z_dim=4, hidden=[16]), data, epochs=2, batch_size=100, elbo=elbo, quiet=True)
+    assert run.metrics[1]["train_elbo"] > run.metrics[0]["train_elbo"], run.metrics
