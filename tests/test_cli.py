@@ -23,7 +23,7 @@ EXAMPLES = Path(__file__).parent / "example_pairs.py"
 def test_models_lists_pairs_likelihoods_and_estimators(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("vae ") and "continuous-bernoulli" in out and "meanfield" in out
+    assert "\nvae " in out and out.startswith("linear ") and "continuous-bernoulli" in out and "meanfield" in out
 
 
 def test_train_eval_sample_end_to_end(tmp_path, capsys):
@@ -56,7 +56,7 @@ def test_a_users_pair_trains_and_evaluates_from_its_file(tmp_path):
 @pytest.mark.parametrize(
     "argv, status, message",
     [
-        (["train", "resnet"], 2, "valid names: vae"),
+        (["train", "resnet"], 2, "valid names: linear, vae"),
         (["train", "vae", "--elbo", "iwae-0"], 2, "valid names: trace, meanfield, graph, enum"),
         (["train", "vae", "--dataset", "cifar10"], 2, "valid names: fashion-mnist, mnist"),
         (["train", "vae", "--device", "tpu"], 2, "unknown device"),
@@ -94,7 +94,7 @@ def test_a_file_in_the_way_of_the_run_directory(tmp_path, capsys):
 
 def test_unknown_model_in_a_fresh_process_exits_2_without_traceback():
     done = subprocess.run([sys.executable, "-m", "pyrovae", "train", "resnet"], capture_output=True, text=True)
-    assert done.returncode == 2 and "valid names: vae" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "valid names: linear, vae" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_sigterm_keeps_the_last_complete_checkpoint_and_resume_continues(tmp_path):
