@@ -19,7 +19,7 @@ import pyro
 
 from pyrovae.data import DATASETS, evaluation_split, load_dataset
 from pyrovae.errors import PyrovaeError, UsageError
-from pyrovae.estimators import ESTIMATORS, make_estimator
+from pyrovae.estimators import FORMS, make_estimator, make_evaluator, valid_forms
 from pyrovae.evaluate import mean_elbo
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.pairs import build, bundled, parse_model_args
@@ -51,8 +51,8 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"{name:<12} {cls.__module__}.{cls.__name__}: {_summary(cls)}")
     print(f"\nlikelihoods (--arg likelihood=NAME): {', '.join(LIKELIHOODS)}")
     print("estimators (--elbo NAME):")
-    for name, factory in ESTIMATORS.items():
-        print(f"  {name:<10} {_summary(factory)}")
+    for form in FORMS:
+        print(f"  {form.pattern:<14} {form.doc}")
     return 0
 
 
@@ -85,7 +85,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     test = evaluation_split(data.test, getattr(getattr(run.pair, "likelihood", None), "binarize", False))
     t0 = time.perf_counter()
     with run.param_scope():
-        elbo = mean_elbo(run.pair, test, make_estimator(cfg["elbo"]), args.batch_size,
+        elbo = mean_elbo(run.pair, test, make_evaluator(cfg["elbo"]), args.batch_size,
                          getattr(run.pair, "uses_labels", False))
     result = {"test_elbo": elbo, "estimator": cfg["elbo"], "num_examples": len(test),
               "epoch": run.metrics[-1]["epoch"] if run.metrics else None, "seconds": time.perf_counter() - t0}
@@ -127,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    p.add_argument("--elbo", default="trace", help=f"estimator: {', '.join(ESTIMATORS)}")
+    p.add_argument("--elbo", default="trace", help=f"estimator: {valid_forms()}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")

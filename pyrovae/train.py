@@ -34,7 +34,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset, batches, evaluation_split
 from pyrovae.errors import NonFiniteLossError, PyrovaeError, UsageError
-from pyrovae.estimators import make_estimator
+from pyrovae.estimators import make_estimator, make_evaluator
 from pyrovae.evaluate import mean_elbo
 from pyrovae.pairs import spec_of
 from pyrovae.plots import save_reconstructions, save_samples
@@ -136,7 +136,8 @@ def train(
 ) -> Run:
     """Train ``pair`` on ``data`` by SVI and return the :class:`~pyrovae.runs.Run`.
 
-    :param elbo: a name from :data:`pyrovae.estimators.ESTIMATORS`.
+    :param elbo: an estimator name (:func:`pyrovae.estimators.valid_forms`); the reported
+        test ELBO is always the ELBO (:func:`pyrovae.estimators.make_evaluator`).
     :param out: run directory for config, metrics, checkpoint and images; ``None`` keeps
         everything in memory.
     :param resume: continue the run in ``out`` from its checkpoint, up to ``epochs``.
@@ -151,7 +152,7 @@ def train(
                          f"batch_size={batch_size}, lr={lr}")
     if resume and out is None:
         raise UsageError("resume=True needs the run directory out=")
-    estimator = make_estimator(elbo)
+    estimator, evaluator = make_estimator(elbo), make_evaluator(elbo)
     dev = resolve_device(device)
     check_data(pair, data)
     config = json.loads(json.dumps({
@@ -218,7 +219,7 @@ def train(
             record = {
                 "epoch": epoch,
                 "train_elbo": -total / n_train,
-                "test_elbo": mean_elbo(pair, test, estimator, max(batch_size, 1000), uses_labels),
+                "test_elbo": mean_elbo(pair, test, evaluator, max(batch_size, 1000), uses_labels),
                 "seconds": time.perf_counter() - t0,
             }
             metrics.append(record)

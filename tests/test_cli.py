@@ -57,7 +57,7 @@ def test_a_users_pair_trains_and_evaluates_from_its_file(tmp_path):
     "argv, status, message",
     [
         (["train", "resnet"], 2, "valid names: linear, vae"),
-        (["train", "vae", "--elbo", "iwae-0"], 2, "valid names: trace, meanfield, graph, enum"),
+        (["train", "vae", "--elbo", "iwae-0"], 2, "valid forms: trace, meanfield, graph, enum, stl, iwae-K"),
         (["train", "vae", "--dataset", "cifar10"], 2, "valid names: fashion-mnist, mnist"),
         (["train", "vae", "--device", "tpu"], 2, "unknown device"),
         (["train", "vae", "--arg", "z_dim"], 2, "KEY=VALUE"),

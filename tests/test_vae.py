@@ -76,7 +76,7 @@ def test_every_likelihood_trains(likelihood, data):
     assert run.metrics[1]["train_elbo"] > run.metrics[0]["train_elbo"]
 
 
-@pytest.mark.parametrize("elbo", ["trace", "meanfield", "graph", "enum"])
+@pytest.mark.parametrize("elbo", ["trace", "meanfield", "graph", "enum", "stl", "iwae-3", "dreg-3", "renyi-0.5-2", "jit-trace"])
 def test_every_registered_estimator_trains_the_vae(elbo, data):
     run = train(VAE(z_dim=4, hidden=[16]), data, epochs=2, batch_size=100, elbo=elbo, quiet=True)
     assert run.metrics[1]["train_elbo"] > run.metrics[0]["train_elbo"], run.metrics

@@ -1,5 +1,8 @@
-"""ELBO estimators by short name: the registry used by ``train --elbo NAME``."""
+"""ELBO estimators: Pyro's by short name, plus two Pyro lacks (STL and DReG)."""
 
-from pyrovae.estimators.registry import ESTIMATORS, make_estimator
+from pyrovae.estimators.dreg_elbo import DReG_ELBO
+from pyrovae.estimators.registry import FORMS, make_estimator, make_evaluator, valid_forms
+from pyrovae.estimators.reparam import NotReparameterizedError
+from pyrovae.estimators.stl_elbo import STL_ELBO
 
-__all__ = ["ESTIMATORS", "make_estimator"]
+__all__ = ["DReG_ELBO", "STL_ELBO", "NotReparameterizedError", "FORMS", "make_estimator", "make_evaluator", "valid_forms"]
