@@ -1,4 +1,4 @@
-"""The ``pyrovae`` command: ``models``, ``train``, ``eval`` and ``sample``.
+"""The ``pyrovae`` command: ``models``, ``train``, ``compare``, ``eval``, ``plot`` and ``sample``.
 
 Errors a user can fix print one line and exit non-zero (2 for unknown names and bad
 options, 1 for everything else, 130 when stopped by Ctrl-C or SIGTERM).
@@ -16,15 +16,16 @@ from pathlib import Path
 from typing import Sequence
 
 import pyro
+import torch
 
-from pyrovae.data import DATASETS, evaluation_split, load_dataset
+from pyrovae.data import DATASETS, Split, evaluation_split, load_dataset
 from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import FORMS, make_estimator, make_evaluator, valid_forms
 from pyrovae.evaluate import mean_elbo
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.pairs import build, bundled, parse_model_args
 from pyrovae.plots import save_samples
-from pyrovae.runs import CHECKPOINT, load_run
+from pyrovae.runs import CHECKPOINT, Run, load_run
 from pyrovae.train import resolve_device, train
 
 __all__ = ["main", "build_parser"]
@@ -77,21 +78,126 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _test_split(run: Run, dev: torch.device) -> tuple[Split, tuple[str, ...]]:
+    """The run's test split as it is evaluated (the fixed binarization for Bernoulli pairs), and the class names."""
+    cfg = run.config
+    data = load_dataset(cfg["dataset"], root=cfg["data_root"], train_size=1, test_size=cfg["test_size"], device=dev)
+    return evaluation_split(data.test, getattr(getattr(run.pair, "likelihood", None), "binarize", False)), data.classes
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    for name in ("iwae_k", "posterior", "nuts_samples", "nuts_warmup", "gap_steps"):
+        if getattr(args, name) < 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     dev = resolve_device(args.device)
     run = load_run(args.run, dev)
     cfg = run.config
-    data = load_dataset(cfg["dataset"], root=cfg["data_root"], train_size=1, test_size=cfg["test_size"], device=dev)
-    test = evaluation_split(data.test, getattr(getattr(run.pair, "likelihood", None), "binarize", False))
+    test, _ = _test_split(run, dev)
+    if args.test_size is not None:
+        test = Split(test.x[: args.test_size], test.y[: args.test_size])
+    if args.posterior > len(test):
+        raise UsageError(f"--posterior {args.posterior} asks for more inputs than the {len(test)} test images")
+    uses_labels = getattr(run.pair, "uses_labels", False)
     t0 = time.perf_counter()
     with run.param_scope():
-        elbo = mean_elbo(run.pair, test, make_evaluator(cfg["elbo"]), args.batch_size,
-                         getattr(run.pair, "uses_labels", False))
-    result = {"test_elbo": elbo, "estimator": cfg["elbo"], "num_examples": len(test),
-              "epoch": run.metrics[-1]["epoch"] if run.metrics else None, "seconds": time.perf_counter() - t0}
+        pyro.set_rng_seed(args.seed)
+        elbo = mean_elbo(run.pair, test, make_evaluator(cfg["elbo"]), args.batch_size, uses_labels)
+        result = {"test_elbo": elbo, "estimator": cfg["elbo"], "num_examples": len(test),
+                  "epoch": run.metrics[-1]["epoch"] if run.metrics else None}
+        print(f"test ELBO: {elbo:.2f} nats per image over {len(test)} test images")
+        if args.iwae_k:
+            result.update(_eval_importance(run.pair, test, args, uses_labels))
+        if args.posterior:
+            result["posterior"] = _eval_posteriors(run.pair, test, args, uses_labels)
+    result["seconds"] = time.perf_counter() - t0
     path = Path(args.run) / "eval.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"test ELBO: {elbo:.2f} nats per image over {len(test)} test images ({path})")
+    path.write_text(json.dumps(_finite_or_none(result), indent=2) + "\n")
+    print(f"wrote {path}")
+    return 0
+
+
+def _finite_or_none(value: object) -> object:
+    """``value`` with NaN and infinite numbers replaced by None, so that the file is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _eval_importance(pair: object, test: object, args: argparse.Namespace, uses_labels: bool) -> dict:
+    """log p(x) by importance sampling, the gap and PSIS k-hat, for ``pyrovae eval``."""
+    from pyrovae.evaluate import KHAT_MIN_SAMPLES, importance_evaluation, khat_shares
+    from pyrovae.plots import FigureUnavailable, save_worst_khat
+
+    t0 = time.perf_counter()
+    iw = importance_evaluation(pair, test, args.iwae_k, chunk_size=args.chunk_size, batch_size=args.batch_size,
+                               uses_labels=uses_labels)
+    ll, n = iw.log_likelihood, len(test)
+    result = {"k": ll.k, "log_likelihood": ll.mean, "log_likelihood_stderr": ll.stderr,
+              "elbo_same_draws": iw.elbo.mean().item(), "gap": iw.gap.mean().item(),
+              "gap_stderr": iw.gap.std().item() / math.sqrt(n) if n > 1 else None,
+              "khat_shares": None, "khat_max": None}
+    print(f"log-likelihood (K={ll.k}): {ll.mean:.2f} +- {ll.stderr:.2f} nats per image; gap to the ELBO "
+          f"of the same draws: {result['gap']:.2f} nats")
+    if args.iwae_k < KHAT_MIN_SAMPLES:
+        print(f"PSIS k-hat needs --iwae-k {KHAT_MIN_SAMPLES} or more; not computed")
+    else:
+        shares = result["khat_shares"] = khat_shares(iw.khat)
+        result["khat_max"] = iw.khat.max().item()
+        print("PSIS k-hat: " + ", ".join(f"{share:.1%} {band.replace('_', ' ')}" for band, share in shares.items()))
+        try:
+            result["worst_khat_figure"] = str(save_worst_khat(test.x, iw.khat, Path(args.run) / "worst_khat.png"))
+        except FigureUnavailable as err:
+            print(f"no k-hat figure: {err}")
+    result["seconds_log_likelihood"] = time.perf_counter() - t0
+    return result
+
+
+def _eval_posteriors(pair: object, test: object, args: argparse.Namespace, uses_labels: bool) -> list[dict]:
+    """NUTS against the guide, and the gap split, for the first ``--posterior`` test images."""
+    from pyrovae.plots import save_posterior_comparison
+    from pyrovae.posterior import compare_posterior
+
+    results = []
+    for i in range(args.posterior):
+        t0 = time.perf_counter()
+        comparison = compare_posterior(
+            pair, test.x[i : i + 1], test.y[i : i + 1] if uses_labels else None, num_samples=args.nuts_samples,
+            warmup_steps=args.nuts_warmup, k=max(args.iwae_k, 5000), gap_steps=args.gap_steps, seed=args.seed + 100 * i)
+        figure = save_posterior_comparison(comparison.nuts, comparison.guide, comparison.names,
+                                           Path(args.run) / f"posterior_{i}.png", title=f"test input {i}")
+        summary = {"index": i, **comparison.summary(), "figure": str(figure), "seconds": time.perf_counter() - t0}
+        results.append(summary)
+        gaps = (f"; approximation gap {summary['approximation_gap']:.2f}, amortization gap "
+                f"{summary['amortization_gap']:.2f} nats" if comparison.gaps is not None else "")
+        print(f"posterior of test input {i}: r-hat {comparison.rhat_max:.3f}, bulk ESS "
+              f"{comparison.ess_bulk_min:.0f}{gaps} ({figure})")
+        for warning in summary["warnings"]:
+            print(f"  warning: {warning}")
+    return results
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from pyrovae.plots import save_figures
+
+    dev = resolve_device(args.device)
+    run = load_run(args.run, dev)
+    test, classes = _test_split(run, dev)
+    out = Path(args.out or Path(args.run) / "plots")
+    pyro.set_rng_seed(args.seed)
+    try:
+        with run.param_scope():
+            figures = save_figures(run.pair, test, out, metrics=run.metrics, classes=classes,
+                                   uses_labels=getattr(run.pair, "uses_labels", False))
+    except OSError as err:
+        raise PyrovaeError(f"cannot write the figures to {out}: {err.strerror or err}") from err
+    for path in figures.written:
+        print(f"wrote {path}")
+    for name, reason in figures.skipped.items():
+        print(f"skipped {name}: {reason}")
     return 0
 
 
@@ -106,6 +212,27 @@ def cmd_sample(args: argparse.Namespace) -> int:
     except OSError as err:
         raise PyrovaeError(f"cannot write {out}: {err.strerror or err}") from err
     print(f"wrote {args.n} samples to {path}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from pyrovae.compare import Settings, compare, summarize
+
+    settings = Settings(
+        model=args.model, model_args=parse_model_args(args.arg),
+        estimators=tuple(n.strip() for n in args.elbos.split(",") if n.strip()),
+        seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
+        iwae_k=args.iwae_k, ll_size=args.ll_size, snr_draws=args.snr_draws, snr_batch=args.snr_batch,
+    )
+    resolve_device(args.device)
+    build(settings.model, settings.model_args)  # a bad model or argument fails before loading data
+    data = load_dataset(args.dataset, root=args.data_root, train_size=args.train_size, test_size=args.test_size)
+    try:
+        rows = compare(settings, data, args.out, quiet=args.quiet)
+    except KeyboardInterrupt:
+        raise Stopped(f"stopped; finished runs are kept in {args.out}. Run the same command again to go on") from None
+    print(summarize(rows, settings))
+    print(f"\nwrote results.csv, results.md, curves.png and snr.png to {args.out}")
     return 0
 
 
@@ -135,11 +262,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="print only the final result")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("eval", help="test ELBO of a trained run, into RUN/eval.json")
-    p.add_argument("run", help="a run directory written by `pyrovae train`")
+    p = sub.add_parser("compare", help="compare ELBO estimators on one pair: bounds, gradient SNR, time")
+    p.add_argument("model", help="a bundled pair's name or path/to/file.py:ClassName")
+    p.add_argument("--elbos", required=True, help=f"comma-separated estimator names: {valid_forms()}")
+    p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1, the same for every estimator")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="as for train")
+    p.add_argument("--dataset", default="fashion-mnist")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--train-size", type=_positive_int, default=None)
+    p.add_argument("--test-size", type=_positive_int, default=None)
+    p.add_argument("--epochs", type=_positive_int, default=10)
+    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=_positive_int, default=1000)
+    p.add_argument("--iwae-k", type=_positive_int, default=1000, help="importance samples for log p(x)")
+    p.add_argument("--ll-size", type=_positive_int, default=1000, help="test examples for log p(x)")
+    p.add_argument("--snr-draws", type=_positive_int, default=100, help="gradient draws for the SNR")
+    p.add_argument("--snr-batch", type=_positive_int, default=64, help="size of the fixed SNR minibatch")
+    p.add_argument("--out", required=True, help="folder for the runs, tables and figures")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("eval", help="test ELBO, importance-weighted log-likelihood, PSIS k-hat, NUTS posteriors; "
+                                    "into RUN/eval.json")
+    p.add_argument("run", help="a run directory written by `pyrovae train`")
+    p.add_argument("--iwae-k", type=int, default=100, metavar="K",
+                   help="importance samples per test image for log p(x) and k-hat (default 100; 5000 is the IWAE "
+                        "paper's standard and takes minutes on a CPU; 0 skips)")
+    p.add_argument("--chunk-size", type=_positive_int, default=500,
+                   help="importance samples drawn at once; memory grows with chunk size x batch size")
+    p.add_argument("--batch-size", type=_positive_int, default=100, help="test images per batch")
+    p.add_argument("--test-size", type=_positive_int, default=None, help="evaluate only the first N test images")
+    p.add_argument("--posterior", type=int, default=0, metavar="N",
+                   help="compare the guide with a NUTS posterior, and split the gap, for the first N test images")
+    p.add_argument("--nuts-samples", type=int, default=500, help="NUTS draws per chain (2 chains)")
+    p.add_argument("--nuts-warmup", type=int, default=300, help="NUTS warm-up steps per chain")
+    p.add_argument("--gap-steps", type=int, default=500,
+                   help="Adam steps fitting the best per-input guide for the gap split (0 skips the split)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("plot", help="draw a run's figures (curves, samples, latents, manifold) as PNGs")
+    p.add_argument("run", help="a run directory written by `pyrovae train`")
+    p.add_argument("--out", default=None, help="folder for the PNGs (default RUN/plots)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser("sample", help="draw images from a trained run's model")
     p.add_argument("run", help="a run directory written by `pyrovae train`")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from pyrovae.likelihoods import Bernoulli
-from pyrovae.models import VAE
+from pyrovae.models import VAE, LinearVAE
 from pyrovae.nets import Decoder, Encoder
 
 
@@ -50,3 +50,24 @@ class PoisonedVAE(VAE):
         super().model(x, y)
         if self.calls >= self.poison_at:
             pyro.factor("poison", torch.tensor(float("nan")))
+
+
+def linear_pair(column_scales: tuple[float, float] = (2.0, 1.0), raw_noise: float = 0.0,
+                perturb: bool = False, x_dim: int = 5, seed: int = 0) -> LinearVAE:
+    """A float64 linear Gaussian pair (d = 2) whose decoder has orthogonal columns, so the
+    guide set by ``set_optimal_guide`` is the exact posterior. ``raw_noise`` sets the
+    decoder's noise scale to softplus(raw_noise); ``perturb`` moves the guide off the
+    posterior (ELBO gap about 5.8 nats per example with the defaults)."""
+    torch.manual_seed(seed)
+    pair = LinearVAE(z_dim=2, x_shape=(x_dim,)).double()
+    with torch.no_grad():
+        q, _ = torch.linalg.qr(torch.randn(x_dim, 2, dtype=torch.float64))
+        pair.decoder.linear.weight.copy_(q * torch.tensor(column_scales, dtype=torch.float64))
+        pair.decoder.linear.bias.normal_()
+        pair.decoder.raw_scale.fill_(raw_noise)
+    pair.set_optimal_guide()
+    if perturb:
+        with torch.no_grad():
+            pair.encoder.linear.weight.add_(0.3 * torch.randn(2, x_dim, dtype=torch.float64))
+            pair.encoder.raw_scale.add_(0.7)
+    return pair

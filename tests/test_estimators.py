@@ -19,27 +19,14 @@ from torch import nn
 
 from pyrovae.errors import UsageError
 from pyrovae.estimators import DReG_ELBO, NotReparameterizedError, make_estimator, make_evaluator
+from example_pairs import linear_pair
 from pyrovae.models import LinearVAE
 
 D, N = 5, 8
 
 
 def _linear_pair(perturb: bool = True) -> LinearVAE:
-    """Decoder with orthogonal columns (so the optimal guide is the exact posterior);
-    with ``perturb`` the guide is moved off it (gap to log p(x): about 5.8 nats per example)."""
-    torch.manual_seed(0)
-    pair = LinearVAE(z_dim=2, x_shape=(D,)).double()
-    with torch.no_grad():
-        q, _ = torch.linalg.qr(torch.randn(D, 2, dtype=torch.float64))
-        pair.decoder.linear.weight.copy_(q * torch.tensor([2.0, 1.0], dtype=torch.float64))
-        pair.decoder.linear.bias.normal_()
-        pair.decoder.raw_scale.fill_(0.0)
-    pair.set_optimal_guide()
-    if perturb:
-        with torch.no_grad():
-            pair.encoder.linear.weight.add_(0.3 * torch.randn(2, D, dtype=torch.float64))
-            pair.encoder.raw_scale.add_(0.7)
-    return pair
+    return linear_pair(perturb=perturb)
 
 
 @pytest.fixture
