@@ -134,7 +134,7 @@ def _eval_importance(pair: object, test: object, args: argparse.Namespace, uses_
 
     t0 = time.perf_counter()
     iw = importance_evaluation(pair, test, args.iwae_k, chunk_size=args.chunk_size, batch_size=args.batch_size,
-                               uses_labels=uses_labels)
+                               uses_labels=uses_labels, progress=sys.stderr.isatty())
     ll, n = iw.log_likelihood, len(test)
     result = {"k": ll.k, "log_likelihood": ll.mean, "log_likelihood_stderr": ll.stderr,
               "elbo_same_draws": iw.elbo.mean().item(), "gap": iw.gap.mean().item(),

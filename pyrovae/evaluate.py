@@ -26,6 +26,7 @@ Run these inside the pair's parameter scope (:meth:`pyrovae.runs.Run.param_scope
 from __future__ import annotations
 
 import math
+import sys
 import warnings
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -41,6 +42,7 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from pyrovae.data import Split, batches
 from pyrovae.errors import PyrovaeError
@@ -228,15 +230,18 @@ class ImportanceEvaluation:
 
 
 def _chunks(pair: nn.Module, split: Split, k: int, chunk_size: int, batch_size: int,
-            uses_labels: bool) -> Iterator[Iterator[Tensor]]:
+            uses_labels: bool, progress: bool = False) -> Iterator[Iterator[Tensor]]:
     """For each batch of ``split``, an iterator over its log-weights in chunks of shape
-    (at most chunk_size, batch): memory is bounded by chunk_size x batch_size samples."""
+    (at most chunk_size, batch): memory is bounded by chunk_size x batch_size samples.
+    With ``progress``, a progress bar over the batches on standard error."""
     if k < 1 or chunk_size < 1 or batch_size < 1:
         raise PyrovaeError(f"k, chunk_size and batch_size must be positive, got {k}, {chunk_size}, {batch_size}")
     if len(split) == 0:
         raise PyrovaeError("the split to evaluate holds no examples")
     nesting = None
-    for x, y in batches(split, batch_size):
+    bar = tqdm(batches(split, batch_size), total=math.ceil(len(split) / batch_size), disable=not progress,
+               desc=f"importance sampling, K={k}", unit="batch", file=sys.stderr, leave=False)
+    for x, y in bar:
         args = _args(x, y if uses_labels else None)
         if nesting is None:
             nesting = plate_nesting(pair.model, pair.guide, *args)
@@ -256,7 +261,8 @@ def _summary(per_example: Tensor, k: int) -> LogLikelihood:
 
 @torch.no_grad()
 def importance_log_likelihood(pair: nn.Module, split: Split, k: int = 5000, *, chunk_size: int = 500,
-                              batch_size: int = 100, uses_labels: bool = False) -> LogLikelihood:
+                              batch_size: int = 100, uses_labels: bool = False,
+                              progress: bool = False) -> LogLikelihood:
     """Importance-weighted estimate of ``log p(x)`` for every example of ``split``.
 
     ``log p(x) ~ logsumexp_k log w_k - log K`` with ``K = k`` draws of the guide per example
@@ -266,7 +272,7 @@ def importance_log_likelihood(pair: nn.Module, split: Split, k: int = 5000, *, c
     """
     estimates = []
     with isolated_params():
-        for chunks in _chunks(pair, split, k, chunk_size, batch_size, uses_labels):
+        for chunks in _chunks(pair, split, k, chunk_size, batch_size, uses_labels, progress):
             acc = None
             for lw in chunks:
                 part = torch.logsumexp(lw, dim=0)
@@ -277,13 +283,14 @@ def importance_log_likelihood(pair: nn.Module, split: Split, k: int = 5000, *, c
 
 @torch.no_grad()
 def importance_evaluation(pair: nn.Module, split: Split, k: int = 5000, *, chunk_size: int = 500,
-                          batch_size: int = 100, uses_labels: bool = False) -> ImportanceEvaluation:
+                          batch_size: int = 100, uses_labels: bool = False,
+                          progress: bool = False) -> ImportanceEvaluation:
     """Like :func:`importance_log_likelihood`, and also each example's K-sample ELBO and the
     PSIS k-hat of its weights (which needs all K log-weights of a batch at once: memory
     ``K x batch_size`` numbers, besides the ``chunk_size x batch_size`` samples)."""
     lls, elbos, khats = [], [], []
     with isolated_params():
-        for chunks in _chunks(pair, split, k, chunk_size, batch_size, uses_labels):
+        for chunks in _chunks(pair, split, k, chunk_size, batch_size, uses_labels, progress):
             lw = torch.cat(list(chunks))
             lls.append(torch.logsumexp(lw, dim=0) - math.log(k))
             elbos.append(lw.mean(dim=0))
