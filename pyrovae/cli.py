@@ -23,7 +23,7 @@ from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import FORMS, make_estimator, make_evaluator, valid_forms
 from pyrovae.evaluate import mean_elbo
 from pyrovae.likelihoods import LIKELIHOODS
-from pyrovae.pairs import build, bundled, parse_model_args
+from pyrovae.pairs import build, bundled, parse_model_args, parse_model_options
 from pyrovae.plots import save_samples
 from pyrovae.runs import CHECKPOINT, Run, load_run
 from pyrovae.train import resolve_device, train
@@ -58,8 +58,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    model_args = parse_model_args(args.arg)
-    make_estimator(args.elbo)  # fail on a bad name before loading data
+    model_args = {**parse_model_options(args.extra), **parse_model_args(args.arg)}
+    if args.elbo is not None:
+        make_estimator(args.elbo)  # fail on a bad name before loading data
     resolve_device(args.device)
     out = Path(args.out or f"runs/{Path(args.model.split(':')[-1]).name.lower()}")
     pyro.set_rng_seed(args.seed)  # the networks' initial weights depend on the seed too
@@ -219,7 +220,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from pyrovae.compare import Settings, compare, summarize
 
     settings = Settings(
-        model=args.model, model_args=parse_model_args(args.arg),
+        model=args.model, model_args={**parse_model_options(args.extra), **parse_model_args(args.arg)},
         estimators=tuple(n.strip() for n in args.elbos.split(",") if n.strip()),
         seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
         iwae_k=args.iwae_k, ll_size=args.ll_size, snr_draws=args.snr_draws, snr_batch=args.snr_batch,
@@ -246,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a pair by SVI")
     p.add_argument("model", help="a bundled pair's name (see `pyrovae models`) or path/to/file.py:ClassName")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="keyword argument for the pair's constructor, e.g. --arg z_dim=2 --arg hidden=[512,256]")
+                   help="keyword argument for the pair's constructor, e.g. --arg z_dim=2 --arg hidden=[512,256]; "
+                   "options the command does not know, such as --task complete, are passed the same way")
     p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-root", default=None, help="folder holding <ClassName>/raw/ idx files")
     p.add_argument("--train-size", type=_positive_int, default=None, help="use only the first N training images")
@@ -254,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=_positive_int, default=10)
     p.add_argument("--batch-size", type=_positive_int, default=256)
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    p.add_argument("--elbo", default="trace", help=f"estimator: {valid_forms()}")
+    p.add_argument("--elbo", default=None, help=f"estimator (default: the pair's default_elbo, else trace): {valid_forms()}")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")
@@ -327,7 +329,11 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and args.command not in ("train", "compare"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.extra = extra
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops like Ctrl-C
     try:
         return args.func(args)

@@ -20,7 +20,7 @@ from torch import nn
 
 from pyrovae.errors import UsageError
 
-__all__ = ["register", "bundled", "resolve", "build", "spec_of", "parse_model_args"]
+__all__ = ["register", "bundled", "resolve", "build", "spec_of", "parse_model_args", "parse_model_options"]
 
 T = TypeVar("T", bound=type)
 _REGISTRY: dict[str, type[nn.Module]] = {}
@@ -112,3 +112,22 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
         except json.JSONDecodeError:
             args[key] = value
     return args
+
+
+def parse_model_options(tokens: list[str]) -> dict[str, Any]:
+    """Turn ``--key value`` (or ``--key=value``) options that the command line does not know
+    into constructor arguments: ``--task complete --quadrants 1`` gives
+    ``{"task": "complete", "quadrants": 1}`` (dashes in keys become underscores)."""
+    items, i = [], 0
+    while i < len(tokens):
+        token = tokens[i]
+        if not token.startswith("--") or len(token) < 3:
+            raise UsageError(f"unexpected argument {token!r}; a pair's own options are written --key value")
+        key, sep, value = token[2:].partition("=")
+        if not sep:
+            if i + 1 >= len(tokens) or tokens[i + 1].startswith("--"):
+                raise UsageError(f"option --{key} needs a value (--{key} VALUE)")
+            value, i = tokens[i + 1], i + 1
+        items.append(f"{key.replace('-', '_')}={value}")
+        i += 1
+    return parse_model_args(items)

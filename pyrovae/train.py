@@ -3,7 +3,8 @@
 The trainer knows nothing about a particular model. It reads a few optional
 attributes of the pair: ``x_shape`` (checked against the data), ``likelihood``
 (binarization and the range of the data), ``uses_labels`` (labels are passed as
-``y``) and ``hparams`` (recorded so that the pair can be rebuilt). Extend it with
+``y``), ``default_elbo`` (the estimator when none is named) and ``hparams`` (recorded
+so that the pair can be rebuilt). Extend it with
 :class:`Callback` objects.
 
 Each epoch appends ``epoch``, ``train_elbo``, ``test_elbo`` (nats per example) and
@@ -124,7 +125,7 @@ def train(
     data: Dataset,
     *,
     epochs: int = 10,
-    elbo: str = "trace",
+    elbo: str | None = None,
     batch_size: int = 256,
     lr: float = 1e-3,
     seed: int = 0,
@@ -136,7 +137,8 @@ def train(
 ) -> Run:
     """Train ``pair`` on ``data`` by SVI and return the :class:`~pyrovae.runs.Run`.
 
-    :param elbo: an estimator name (:func:`pyrovae.estimators.valid_forms`); the reported
+    :param elbo: an estimator name (:func:`pyrovae.estimators.valid_forms`); by default the
+        pair's ``default_elbo`` attribute, else ``trace``. The reported
         test ELBO is always the ELBO (:func:`pyrovae.estimators.make_evaluator`).
     :param out: run directory for config, metrics, checkpoint and images; ``None`` keeps
         everything in memory.
@@ -152,6 +154,7 @@ def train(
                          f"batch_size={batch_size}, lr={lr}")
     if resume and out is None:
         raise UsageError("resume=True needs the run directory out=")
+    elbo = elbo or getattr(pair, "default_elbo", "trace")
     estimator, evaluator = make_estimator(elbo), make_evaluator(elbo)
     dev = resolve_device(device)
     check_data(pair, data)

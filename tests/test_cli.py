@@ -115,3 +115,30 @@ def test_sigterm_keeps_the_last_complete_checkpoint_and_resume_continues(tmp_pat
     resumed = ["train", "vae", "--epochs", str(epoch + 1), "--resume", "--out", str(run), *TINY, *SMALL_VAE]
     assert main(resumed) == 0
     assert [r["epoch"] for r in read_metrics(run)] == list(range(1, epoch + 2))
+
+
+def test_unknown_options_become_the_pairs_constructor_arguments(tmp_path):
+    run = tmp_path / "opts"
+    assert main(["train", "vae", "--z-dim", "3", "--hidden", "[16]", "--likelihood=gaussian", "--epochs", "1",
+                 "--out", str(run), *TINY]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model_args"] == {"z_dim": 3, "hidden": [16], "likelihood": "gaussian", "x_shape": [1, 28, 28]}
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "vae", "--depth", "3"], "signature is VAE("),
+    (["train", "vae", "--z-dim"], "--z-dim needs a value"),
+    (["train", "vae", "stray"], "unexpected argument 'stray'"),
+])
+def test_bad_pair_options_are_usage_errors(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_pairs_default_estimator_is_used_when_none_is_named(data):
+    from pyrovae import train
+    from pyrovae.models import VAE
+
+    pair = VAE(z_dim=2, hidden=[8])
+    pair.default_elbo = "meanfield"
+    assert train(pair, data, epochs=1, batch_size=200, quiet=True).config["elbo"] == "meanfield"
