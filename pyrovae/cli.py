@@ -106,6 +106,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = {"test_elbo": elbo, "estimator": cfg["elbo"], "num_examples": len(test),
                   "epoch": run.metrics[-1]["epoch"] if run.metrics else None}
         print(f"test ELBO: {elbo:.2f} nats per image over {len(test)} test images")
+        if callable(getattr(run.pair, "cluster", None)):
+            result.update(_eval_clusters(run.pair, test, args.batch_size))
         if args.iwae_k:
             result.update(_eval_importance(run.pair, test, args, uses_labels))
         if args.posterior:
@@ -126,6 +128,19 @@ def _finite_or_none(value: object) -> object:
     if isinstance(value, list):
         return [_finite_or_none(v) for v in value]
     return value
+
+
+def _eval_clusters(pair: object, test: Split, batch_size: int) -> dict:
+    """Clustering accuracy (Hungarian matching) and NMI of ``pair.cluster(x)`` against the labels."""
+    from pyrovae.clustering import clustering_accuracy, normalized_mutual_info
+    from pyrovae.data import batches
+
+    clusters = torch.cat([pair.cluster(x) for x, _ in batches(test, batch_size)])
+    result = {"clustering_accuracy": clustering_accuracy(clusters, test.y),
+              "nmi": normalized_mutual_info(clusters, test.y)}
+    print(f"clustering accuracy {result['clustering_accuracy']:.3f}, NMI {result['nmi']:.3f} "
+          f"over {len(test)} test images")
+    return result
 
 
 def _eval_importance(pair: object, test: object, args: argparse.Namespace, uses_labels: bool) -> dict:
@@ -203,16 +218,44 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from torchvision.utils import save_image
+
+    from pyrovae.plots import save_rows
+
+    if args.label is not None and args.per_label is not None:
+        raise UsageError("give --label L or --per-label N, not both")
     run = load_run(args.run, resolve_device(args.device))
     out = Path(args.out or Path(args.run) / "samples.png")
     pyro.set_rng_seed(args.seed)
+    by_label = getattr(run.pair, "sample_by_label", None)
+    if (args.label is not None or args.per_label is not None) and not callable(by_label):
+        raise UsageError(f"{type(run.pair).__name__} has no sample_by_label(n) method, so it cannot draw images "
+                         "by label (for the CVAE, train it with --task label)")
     try:
-        path = save_samples(run.pair, out, n=args.n, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
+        with run.param_scope():
+            if args.per_label is not None:
+                images = by_label(args.per_label)
+                cls = DATASETS.get(run.config.get("dataset"), (None,))[0]
+                names = list(getattr(cls, "classes", []))
+                names = names if len(names) == images.shape[0] else [str(r) for r in range(images.shape[0])]
+                path = save_rows(images, out, f"Samples, one row per label ({args.per_label} each)",
+                                 [f"{r}: {name}" for r, name in enumerate(names)])
+                what = f"{args.per_label} samples for each of {images.shape[0]} labels"
+            elif args.label is not None:
+                images = by_label(args.n)
+                if not 0 <= args.label < images.shape[0]:
+                    raise UsageError(f"--label must lie in 0..{images.shape[0] - 1}, got {args.label}")
+                save_image(images[args.label].clamp(0, 1).cpu(), out,
+                           nrow=args.nrow or math.ceil(math.sqrt(args.n)), padding=2, pad_value=1.0)
+                path, what = out, f"{args.n} samples of label {args.label}"
+            else:
+                path = save_samples(run.pair, out, n=args.n, nrow=args.nrow or math.ceil(math.sqrt(args.n)))
+                what = f"{args.n} samples"
     except TypeError as err:
         raise UsageError(str(err)) from err
     except OSError as err:
         raise PyrovaeError(f"cannot write {out}: {err.strerror or err}") from err
-    print(f"wrote {args.n} samples to {path}")
+    print(f"wrote {what} to {path}")
     return 0
 
 
@@ -316,6 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="a run directory written by `pyrovae train`")
     p.add_argument("-n", type=_positive_int, default=64, help="number of images")
     p.add_argument("--nrow", type=_positive_int, default=None, help="images per row (default: a square grid)")
+    p.add_argument("--label", type=int, default=None, metavar="L",
+                   help="draw the -n images of label L (a pair with sample_by_label, such as cvae)")
+    p.add_argument("--per-label", type=_positive_int, default=None, metavar="N",
+                   help="draw a grid with one row of N images per label (a pair with sample_by_label)")
     p.add_argument("--out", default=None, help="PNG file (default RUN/samples.png)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
