@@ -215,8 +215,9 @@ def train(
                 total, seen = total + loss, seen + x.shape[0]
                 for cb in callbacks:
                     cb.on_step(epoch, step, loss)
-                bar.update()
-                bar.set_postfix(elbo=f"{-total / seen:.2f}", refresh=False)
+                if show_bar:
+                    bar.update()
+                    bar.set_postfix(elbo=f"{-total / seen:.2f}", refresh=False)
             bar.close()
             pair.eval()
             record = {
