@@ -1,0 +1,88 @@
+"""What the speed benchmarks share: the machine's description, its matmul rate, and the
+matmul work of an MLP VAE, from which the "matmul floor" of an epoch follows.
+
+The floor is the time the matrix multiplications alone would take at the rate this
+machine reaches on one large float32 matmul; elementwise work, the optimizer and Python
+come on top, so no real loop reaches it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import shlex
+import sys
+import time
+from datetime import datetime, timezone
+from typing import Any, Sequence
+
+import pyro
+import torch
+
+import pyrovae
+
+__all__ = ["describe", "matmul_gflops", "mlp_macs", "vae_epoch_flops", "peak_rss_mib"]
+
+
+def describe() -> dict[str, Any]:
+    """Date, command, machine and versions, for a results file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        cpu = platform.processor()
+    return {
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join(["python", *sys.argv]),
+        "machine": {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "platform": platform.platform(),
+                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+        "versions": {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
+                     "pyrovae": pyrovae.__version__},
+    }
+
+
+def matmul_gflops(device: torch.device | str = "cpu", n: int = 2048, seconds: float = 3.0) -> float:
+    """Float32 GFLOP/s of an ``n x n`` by ``n x n`` matmul on ``device`` with the current thread count."""
+    device = torch.device(device)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    count, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        a @ b
+        count += 1
+        if device.type == "cuda":
+            sync()
+    sync()
+    return 2 * n**3 * count / (time.perf_counter() - t0) / 1e9
+
+
+def mlp_macs(sizes: Sequence[int]) -> list[int]:
+    """Multiply-accumulates per example of each linear layer of an MLP with these sizes."""
+    return [a * b for a, b in zip(sizes[:-1], sizes[1:])]
+
+
+def vae_epoch_flops(x_dim: int, hidden: Sequence[int], z_dim: int, n_train: int, n_test: int,
+                    k_train: int = 1) -> dict[str, float]:
+    """Matmul FLOPs of one training epoch (forward and backward, ``k_train`` samples of z
+    per example) and of one test-ELBO pass for the MLP VAE.
+
+    Forward is 2 FLOPs per multiply-accumulate; backward is 2 for the weight gradients of
+    every layer plus 2 for the input gradients of every layer but the encoder's first (the
+    data needs no gradient). The decoder runs once per sample of z.
+    """
+    encoder = mlp_macs([x_dim, *hidden, 2 * z_dim])
+    decoder = mlp_macs([z_dim, *reversed(hidden), x_dim])
+    forward = sum(encoder) + k_train * sum(decoder)
+    train = 2 * forward + 2 * forward + 2 * (forward - encoder[0])
+    test = 2 * (sum(encoder) + sum(decoder))
+    return {"train": float(train * n_train), "test": float(test * n_test)}
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
