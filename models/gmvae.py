@@ -6,33 +6,52 @@ Generative model (K components, fixed uniform mixing weights)::
     z | y ~ Normal(mu_y, diag(sigma_y)^2)        (learned means and scales per component)
     x | z ~ p(x | decoder(z))                    (the chosen likelihood, independent pixels)
 
-Guide (amortized)::
+Guide (amortized), as in VaDE (Jiang et al., 2017)::
 
-    y | x ~ Categorical(softmax(classifier(x)))
-    z | x, y ~ Normal(loc(x, y), diag(scale(x, y))^2)
+    z | x ~ Normal(loc(x), diag(scale(x))^2)     (an encoder, as in the plain VAE)
+    y | z ~ Categorical(p(y | z))                (the model's own posterior over the component)
 
-The guide's ``y`` is marked ``infer={"enumerate": "parallel"}``. Under ``TraceEnum_ELBO``
-(the pair's ``default_elbo``) the ELBO is then summed over the K values of ``y``
-exactly, weighted by ``q(y | x)``, with one draw of ``z`` per component:
+``q(y | x, z) = p(y | z) = N(z; mu_y, sigma_y) / sum_k N(z; mu_k, sigma_k)`` is the best
+possible factor for ``y`` given ``z``, so it needs no network of its own. The guide's ``y``
+is marked ``infer={"enumerate": "parallel"}``; under ``TraceEnum_ELBO`` (the pair's
+``default_elbo``) the ELBO is summed over the K values of ``y`` exactly, for one draw of
+``z`` (the decoder runs once per example, not once per component):
 
 .. math::
 
-    \\mathcal{L}(x) = \\sum_{k=1}^K q(k \\mid x) \\Big( \\mathbb{E}_{q(z \\mid x, k)}
-        \\big[\\log p(x \\mid z) + \\log p(z \\mid k) - \\log q(z \\mid x, k)\\big]
-        + \\log p(k) - \\log q(k \\mid x) \\Big).
+    \\mathcal{L}(x) = \\mathbb{E}_{q(z \\mid x)} \\Big[ \\log p(x \\mid z) - \\log q(z \\mid x)
+        + \\sum_{k=1}^K p(k \\mid z) \\big(\\log p(z \\mid k) + \\log p(k) - \\log p(k \\mid z)\\big) \\Big],
 
+which is the ELBO of a VAE whose prior is the mixture ``sum_k p(k) N(z; mu_k, sigma_k)``.
 Any other estimator (``TraceGraph_ELBO``: score-function gradients for ``y``) ignores the
 mark and samples ``y``, so the two can be compared on the same pair
-(``pyrovae compare gmvae --elbos enum,graph``). The mixing weights are fixed uniform, a
-choice that keeps components from starving (a learned ``pi`` lets a few components win
-early and the rest die). Clustering uses ``argmax_k q(k | x)`` (:meth:`GMVAE.cluster`).
-See Dilokthanakul et al. (2016, "Deep Unsupervised Clustering with Gaussian Mixture
-Variational Autoencoders") and Jiang et al. (2017, "Variational Deep Embedding", VaDE).
+(``pyrovae compare gmvae --elbos enum,graph --pretrain-examples 0``).
+
+**Pretraining.** Started from random component means, the mixture ELBO lets a few
+components take every example (trained from scratch, an earlier version of this pair used
+2 of its 10 components on Fashion-MNIST). VaDE therefore pretrains an autoencoder and
+starts the mixture from a clustering of its codes; this pair does the same within one
+training run. For its first ``pretrain_examples`` training examples (summed over SVI
+steps) it is the plain VAE (``z ~ Normal(0, I)``, no ``y``), and it keeps the encoder means
+and scales of the last ``init_codes`` of them. At the first step after that, k-means on
+those codes gives the component means, and the spread of each cluster (code variance plus
+mean posterior variance) its scales; from then on it trains the mixture ELBO above. The
+pair counts examples with a hook on one decoder parameter, so a step counts when its
+gradient is taken (whatever the estimator; evaluation under ``no_grad`` does not count), and
+the count, the kept codes and the switch are buffers, so checkpoints carry them and a
+resumed run switches at the same step as one that never stopped.
+
+The mixing weights are fixed uniform, which keeps components from starving (a learned
+``pi`` lets a few components win early and the rest die). Clustering uses
+``argmax_k p(k | loc(x))`` (:meth:`GMVAE.cluster`). See Dilokthanakul et al. (2016, "Deep
+Unsupervised Clustering with Gaussian Mixture Variational Autoencoders") and Jiang et al.
+(2017, "Variational Deep Embedding", VaDE).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import pyro
@@ -41,19 +60,27 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyrovae.clustering import kmeans
 from pyrovae.errors import UsageError
 from pyrovae.likelihoods import make_likelihood
-from pyrovae.nets import MIN_SCALE, MLP, Decoder
+from pyrovae.nets import MIN_SCALE, Decoder, Encoder
 from pyrovae.pairs import register
 
-__all__ = ["GMVAE", "MixturePrior", "ComponentEncoder"]
+__all__ = ["GMVAE", "MixturePrior"]
+
+# log p(k | z) is kept above this: a component far from z would otherwise get probabilities
+# near 1e-40, whose denormal arithmetic made late epochs several times slower on x86 CPUs
+MIN_LOG_PROB = -50.0
+
+# while pretraining the pair has no site to enumerate, which TraceEnum_ELBO would warn about
+warnings.filterwarnings("ignore", message="TraceEnum_ELBO found no sample sites configured for enumeration")
 
 
 class MixturePrior(nn.Module):
     """The component means ``mu_k`` and scales ``sigma_k`` of ``p(z | y = k)``, each (K, z_dim).
 
-    The means start spread out (standard normal draws times ``init_spread``) so that the
-    components are told apart from the first step."""
+    The means start spread out (standard normal draws times ``init_spread``); after
+    pretraining, :meth:`GMVAE.init_mixture` sets them from the codes."""
 
     def __init__(self, k: int, z_dim: int, init_spread: float = 1.0) -> None:
         super().__init__()
@@ -64,28 +91,28 @@ class MixturePrior(nn.Module):
         """``loc`` and ``scale`` of component ``y`` (any shape of integer labels), shape (*y.shape, z_dim)."""
         return self.loc[y], F.softplus(self.raw_scale[y]) + MIN_SCALE
 
+    def log_posterior(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p(k | z)`` under uniform mixing weights for ``z`` of shape (*batch, z_dim), shape
+        (*batch, K), clamped below at ``MIN_LOG_PROB``."""
+        scale = F.softplus(self.raw_scale) + MIN_SCALE
+        log_pz = dist.Normal(self.loc, scale).log_prob(z.unsqueeze(-2)).sum(-1)
+        return torch.log_softmax(log_pz, -1).clamp(min=MIN_LOG_PROB)
 
-class ComponentEncoder(nn.Module):
-    """``q(z | x, y)``: the first hidden layer adds a learned vector per component to a linear
-    map of ``x``, so ``x`` of shape (B, *x_shape) and ``y`` of shape (K, 1) (parallel
-    enumeration) broadcast to (K, B, z_dim) without copying ``x`` K times."""
-
-    def __init__(self, x_shape: Sequence[int], hidden: Sequence[int], z_dim: int, k: int) -> None:
-        super().__init__()
-        self.x_shape = tuple(x_shape)
-        self.z_dim = z_dim
-        self.x_in = nn.Linear(math.prod(self.x_shape), hidden[0])
-        self.y_in = nn.Embedding(k, hidden[0])
-        self.body = MLP(list(hidden), nn.ReLU) if len(hidden) > 1 else nn.Identity()
-        self.head = nn.Linear(hidden[-1], 2 * z_dim)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = x.reshape(*x.shape[: x.dim() - len(self.x_shape)], -1)
-        h = F.relu(self.x_in(h) + self.y_in(y))
-        if not isinstance(self.body, nn.Identity):
-            h = F.relu(self.body(h))
-        loc, raw_scale = self.head(h).split(self.z_dim, dim=-1)
-        return loc, F.softplus(raw_scale) + MIN_SCALE
+    @torch.no_grad()
+    def fit(self, loc: torch.Tensor, scale: torch.Tensor, seed: int = 0) -> None:
+        """Set the components from codes (encoder means ``loc`` and scales ``scale``, (N, z_dim)):
+        k-means centers, and per cluster the variance of its codes plus their mean variance."""
+        k = self.loc.shape[0]
+        assign, centers = kmeans(loc, k, n_init=4, seed=seed)
+        var = torch.empty_like(centers)
+        for j in range(k):
+            members = assign == j
+            if members.sum() < 2:  # an empty or single-point cluster gets the spread of all codes
+                members = torch.ones_like(members)
+            var[j] = loc[members].var(0) + scale[members].pow(2).mean(0)
+        std = (var.sqrt() - MIN_SCALE).clamp(min=1e-3)
+        self.loc.copy_(centers)
+        self.raw_scale.copy_(std + torch.log(-torch.expm1(-std)))  # inverse softplus
 
 
 @register("gmvae")
@@ -94,10 +121,14 @@ class GMVAE(nn.Module):
 
     :param k: number of mixture components (at least 2).
     :param z_dim: number of latent dimensions.
-    :param hidden: hidden layer sizes of the encoders (the decoder mirrors them).
+    :param hidden: hidden layer sizes of the encoder (the decoder mirrors them).
     :param likelihood: ``bernoulli``, ``gaussian``, ``gaussian-learned`` or ``continuous-bernoulli``.
     :param x_shape: shape of one example.
-    :param init_spread: standard deviation of the initial component means.
+    :param pretrain_examples: training examples (summed over steps) during which the pair is
+        the plain VAE before the mixture starts from k-means on its codes; 0 starts the
+        mixture at once from random means.
+    :param init_codes: how many of the last pretraining codes the k-means sees.
+    :param init_spread: standard deviation of the random initial component means.
     """
 
     default_elbo = "enum"
@@ -109,6 +140,8 @@ class GMVAE(nn.Module):
         hidden: Sequence[int] = (500,),
         likelihood: str = "bernoulli",
         x_shape: Sequence[int] = (1, 28, 28),
+        pretrain_examples: int = 300_000,
+        init_codes: int = 10_000,
         init_spread: float = 1.0,
     ) -> None:
         super().__init__()
@@ -117,41 +150,94 @@ class GMVAE(nn.Module):
                              "with one component it is the plain VAE (model 'vae')")
         if not hidden or z_dim < 1:
             raise UsageError(f"the GMVAE needs z_dim >= 1 and at least one hidden layer size, got z_dim={z_dim}, hidden={hidden}")
+        if not isinstance(pretrain_examples, int) or pretrain_examples < 0:
+            raise UsageError(f"pretrain_examples must be an integer >= 0 (0: no pretraining), got {pretrain_examples!r}")
+        if not isinstance(init_codes, int) or init_codes < k:
+            raise UsageError(f"init_codes must be an integer >= k = {k} (codes for the k-means), got {init_codes!r}")
         self.hparams = {"k": k, "z_dim": z_dim, "hidden": list(hidden), "likelihood": likelihood,
-                        "x_shape": list(x_shape), "init_spread": init_spread}
+                        "x_shape": list(x_shape), "pretrain_examples": pretrain_examples,
+                        "init_codes": init_codes, "init_spread": init_spread}
         self.k, self.z_dim, self.x_shape = k, z_dim, tuple(x_shape)
+        self.pretrain_examples = pretrain_examples
         self.prior = MixturePrior(k, z_dim, init_spread)
-        self.classifier = MLP([math.prod(self.x_shape), *hidden, k], nn.ReLU)
-        self.encoder = ComponentEncoder(self.x_shape, hidden, z_dim, k)
+        self.encoder = Encoder(self.x_shape, hidden, z_dim)
         self.decoder = Decoder(z_dim, list(reversed(hidden)), self.x_shape)
         self.likelihood = make_likelihood(likelihood)
+        # training state, saved in checkpoints: examples trained on, the last codes, the switch
+        self.register_buffer("examples_seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("codes", torch.zeros(init_codes if pretrain_examples else 0, 2 * z_dim))
+        self.register_buffer("codes_seen", torch.zeros((), dtype=torch.long))
+        self.register_buffer("mixture_on", torch.tensor(pretrain_examples == 0))
+        self._pending: tuple[int, torch.Tensor | None] | None = None
+        self.decoder.net[-1].bias.register_post_accumulate_grad_hook(self._count_step)
+
+    # --- the pair ---------------------------------------------------------------------------
 
     def model(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        pyro.module("prior", self.prior)
         pyro.module("decoder", self.decoder)
         pyro.module("likelihood", self.likelihood)
         with pyro.plate("data", x.shape[0]):
-            c = pyro.sample("y", dist.Categorical(logits=x.new_zeros(self.k)))
-            loc, scale = self.prior(c)
+            if self.mixture_on:
+                pyro.module("prior", self.prior)
+                c = pyro.sample("y", dist.Categorical(logits=x.new_zeros(self.k)))
+                loc, scale = self.prior(c)
+            else:  # pretraining: the plain VAE
+                loc, scale = x.new_zeros(self.z_dim), x.new_ones(self.z_dim)
             z = pyro.sample("z", dist.Normal(loc, scale).to_event(1))
             p_x = self.likelihood(self.decoder(z)).to_event(len(self.x_shape))
             pyro.sample("x", p_x, obs=x)
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
-        pyro.module("classifier", self.classifier)
         pyro.module("encoder", self.encoder)
+        training = self.training and torch.is_grad_enabled()
+        if training and not self.mixture_on and self.examples_seen >= self.pretrain_examples:
+            self.init_mixture()
         with pyro.plate("data", x.shape[0]):
-            c = pyro.sample("y", dist.Categorical(logits=self.logits(x)), infer={"enumerate": "parallel"})
-            loc, scale = self.encoder(x, c)
-            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            loc, scale = self.encoder(x)
+            z = pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            if self.mixture_on:
+                pyro.module("prior", self.prior)
+                pyro.sample("y", dist.Categorical(logits=self.prior.log_posterior(z)),
+                            infer={"enumerate": "parallel"})
+        if training:  # committed by _count_step when this step's gradient arrives
+            codes = None if self.mixture_on else torch.cat([loc, scale], -1).detach().reshape(-1, 2 * self.z_dim)
+            self._pending = (x.shape[0], codes)
+
+    # --- pretraining, then the switch ---------------------------------------------------------
+
+    def _count_step(self, _param: torch.Tensor) -> None:
+        """Gradient hook: count the examples of the step whose guide ran last, keep its codes."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        n, codes = pending
+        with torch.no_grad():
+            self.examples_seen += n
+            if codes is not None and len(self.codes):
+                codes = codes[-len(self.codes):]
+                rows = (self.codes_seen + torch.arange(len(codes), device=codes.device)) % len(self.codes)
+                self.codes[rows] = codes.to(self.codes.dtype)
+                self.codes_seen += len(codes)
+
+    @torch.no_grad()
+    def init_mixture(self) -> None:
+        """End pretraining: components from k-means on the kept codes (random ones if there are
+        fewer codes than components), then the mixture ELBO from the next model call on."""
+        n = min(int(self.codes_seen), len(self.codes))
+        if n >= self.k:
+            loc, scale = self.codes[:n].split(self.z_dim, -1)
+            self.prior.fit(loc, scale)
+        self.mixture_on.fill_(True)
+
+    # --- clustering and images -----------------------------------------------------------------
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """Unnormalized log q(y | x), shape (*batch, K)."""
-        return self.classifier(x.reshape(*x.shape[: x.dim() - len(self.x_shape)], -1))
+        """``log p(y | z)`` at the encoder's mean of ``z`` given ``x``, shape (*batch, K)."""
+        return self.prior.log_posterior(self.encoder(x)[0])
 
     @torch.no_grad()
     def cluster(self, x: torch.Tensor) -> torch.Tensor:
-        """The most probable component under ``q(y | x)`` for each input, shape (batch,)."""
+        """The most probable component for each input, ``argmax_k p(k | loc(x))``, shape (batch,)."""
         return self.logits(x).argmax(-1)
 
     def _device(self) -> torch.device:
@@ -166,15 +252,18 @@ class GMVAE(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int) -> torch.Tensor:
-        """``n`` images from the prior: a uniform component, then ``z``, then the likelihood's mean."""
+        """``n`` images from the prior (a uniform component, then ``z``; the standard normal
+        while pretraining), decoded to the likelihood's mean."""
+        if not self.mixture_on:
+            return self.decode(torch.randn(n, self.z_dim, device=self._device()))
         c = torch.randint(self.k, (n,), device=self._device())
         loc, scale = self.prior(c)
-        return self.likelihood.mean(self.decoder(loc + scale * torch.randn_like(loc)))
+        return self.decode(loc + scale * torch.randn_like(loc))
 
     @torch.no_grad()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """The guide's mean of ``z`` given ``x`` and its most probable component."""
-        return self.encoder(x, self.cluster(x))[0]
+        """The guide's mean of ``z`` given ``x``."""
+        return self.encoder(x)[0]
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The ``pyrovae`` command: ``models``, ``train``, ``compare``, ``eval``, ``plot`` and ``sample``.
+"""The ``pyrovae`` command: ``models``, ``train``, ``check``, ``compare``, ``eval``, ``plot`` and ``sample``.
 
 Errors a user can fix print one line and exit non-zero (2 for unknown names and bad
 options, 1 for everything else, 130 when stopped by Ctrl-C or SIGTERM).
@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import signal
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Sequence
 import pyro
 import torch
 
+from pyrovae import distributed
 from pyrovae.data import DATASETS, Split, evaluation_split, load_dataset
 from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import FORMS, make_estimator, make_evaluator, valid_forms
@@ -63,20 +65,47 @@ def cmd_train(args: argparse.Namespace) -> int:
         make_estimator(args.elbo)  # fail on a bad name before loading data
     resolve_device(args.device)
     out = Path(args.out or f"runs/{Path(args.model.split(':')[-1]).name.lower()}")
+    if args.nproc > 1:
+        if "WORLD_SIZE" in os.environ:
+            raise UsageError("--nproc starts its own processes; under torchrun leave it out")
+        return distributed.launch(args.nproc, _worker_argv(args, out))  # each process prints its own messages
     pyro.set_rng_seed(args.seed)  # the networks' initial weights depend on the seed too
     pair = build(args.model, model_args)
     if not hasattr(pair, "hparams"):
         pair.hparams = model_args  # so that eval and sample can rebuild a user's pair
     data = load_dataset(args.dataset, root=args.data_root, train_size=args.train_size, test_size=args.test_size)
+    device = distributed.join_from_env(args.device)  # under torchrun: this process's place and device
+    speaks = (group := distributed.current()) is None or group.is_main
     try:
         run = train(pair, data, epochs=args.epochs, elbo=args.elbo, batch_size=args.batch_size, lr=args.lr,
-                    seed=args.seed, device=args.device, out=out, resume=args.resume, quiet=args.quiet)
+                    seed=args.seed, device=device, out=out, resume=args.resume, quiet=args.quiet)
     except KeyboardInterrupt:
+        if not speaks:
+            return 130  # rank 0 says where the checkpoint is
         kept = f"the last complete checkpoint is {out / CHECKPOINT}" if (out / CHECKPOINT).exists() else "no epoch had finished"
         raise Stopped(f"stopped; {kept}. Continue with the same command and --resume") from None
+    except distributed.FailedOnRankZero as err:
+        return err.exit_code  # rank 0 reports it
+    finally:
+        distributed.leave()
     final = run.metrics[-1]
-    print(f"final test ELBO: {final['test_elbo']:.2f} nats per image after {final['epoch']} epochs (run in {out})")
+    if speaks:
+        print(f"final test ELBO: {final['test_elbo']:.2f} nats per image after {final['epoch']} epochs (run in {out})")
     return 0
+
+
+def _worker_argv(args: argparse.Namespace, out: Path) -> list[str]:
+    """The train command that each process of ``--nproc`` runs: the same options, without ``--nproc``."""
+    argv = ["train", args.model, "--out", str(out), "--dataset", args.dataset, "--epochs", str(args.epochs),
+            "--batch-size", str(args.batch_size), "--lr", repr(args.lr), "--seed", str(args.seed),
+            "--device", args.device]
+    for option, value in (("--data-root", args.data_root), ("--train-size", args.train_size),
+                          ("--test-size", args.test_size), ("--elbo", args.elbo)):
+        argv += [option, str(value)] if value is not None else []
+    argv += [flag for flag, on in (("--resume", args.resume), ("--quiet", args.quiet)) if on]
+    for arg in args.arg:
+        argv += ["--arg", arg]
+    return argv + args.extra
 
 
 def _test_split(run: Run, dev: torch.device) -> tuple[Split, tuple[str, ...]]:
@@ -280,6 +309,19 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from pyrovae.check import check_pair, load_batch
+
+    if args.batch < 2:
+        raise UsageError(f"--batch must be 2 or more (the check also runs the pair on batch - 1), got {args.batch}")
+    model_args = {**parse_model_options(args.extra), **parse_model_args(args.arg)}
+    pyro.set_rng_seed(args.seed)
+    x, y = load_batch(build(args.model, model_args), args.dataset, args.batch, args.data_root, args.seed)
+    report = check_pair(lambda: build(args.model, model_args), x, y, name=args.model)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders as Pyro model/guide pairs.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,6 +347,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only the final result")
+    p.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                   help="train on N processes of this machine with DistributedDataParallel (gloo on the CPU, NCCL "
+                   "with one GPU each), each on its share of every --batch-size batch; same as torchrun "
+                   "--standalone --nproc-per-node N -m pyrovae train ...")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="compare ELBO estimators on one pair: bounds, gradient SNR, time")
@@ -367,6 +413,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser("check", help="run a pair once on a small batch and report common Pyro mistakes "
+                                     "(exit status 1 when it finds one)")
+    p.add_argument("model", help="a bundled pair's name or path/to/file.py:ClassName")
+    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="as for train")
+    p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--batch", type=int, default=8, help="examples in the batch the pair runs on")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_check)
     return parser
 
 
@@ -378,7 +434,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
-    if extra and args.command not in ("train", "compare"):
+    if extra and args.command not in ("train", "compare", "check"):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     args.extra = extra
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops like Ctrl-C

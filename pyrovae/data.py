@@ -14,10 +14,9 @@ import os
 import shutil
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import torch
-from torchvision import datasets
 
 from pyrovae.errors import PyrovaeError, UsageError
 
@@ -35,11 +34,18 @@ __all__ = [
 
 TEST_BINARIZATION_SEED = 0
 
-# name -> (torchvision class, folder where a Debian package puts the raw .gz files)
-DATASETS: dict[str, tuple[type[datasets.MNIST], Path | None]] = {
-    "fashion-mnist": (datasets.FashionMNIST, Path("/usr/share/datasets/fashion-mnist")),
-    "mnist": (datasets.MNIST, None),
+# name -> (torchvision.datasets class name, folder where a Debian package puts the raw .gz files);
+# torchvision is imported on first use: importing it takes seconds, which every command would pay
+DATASETS: dict[str, tuple[str, Path | None]] = {
+    "fashion-mnist": ("FashionMNIST", Path("/usr/share/datasets/fashion-mnist")),
+    "mnist": ("MNIST", None),
 }
+
+
+def _torchvision_class(name: str) -> Any:
+    from torchvision import datasets
+
+    return getattr(datasets, DATASETS[name][0])
 
 
 @dataclass(frozen=True)
@@ -83,12 +89,12 @@ def cache_dir() -> Path:
     return Path(base) / "pyrovae"
 
 
-def _has_raw_files(cls: type[datasets.MNIST], root: Path) -> bool:
+def _has_raw_files(cls: Any, root: Path) -> bool:
     raw = root / cls.__name__ / "raw"
     return all((raw / Path(name).stem).exists() for name, _ in cls.resources)
 
 
-def _unpack_system_copy(cls: type[datasets.MNIST], system: Path, root: Path) -> bool:
+def _unpack_system_copy(cls: Any, system: Path, root: Path) -> bool:
     """Unpack a distribution package's .gz files into ``root`` in torchvision's layout.
 
     Debian recompresses the archives, so torchvision's checksums of the .gz files do not
@@ -109,7 +115,7 @@ def _unpack_system_copy(cls: type[datasets.MNIST], system: Path, root: Path) -> 
 
 
 def _find_root(name: str, root: str | Path | None, download: bool) -> Path:
-    cls, system = DATASETS[name]
+    cls, system = _torchvision_class(name), DATASETS[name][1]
     tried = []
     if root is not None:
         if _has_raw_files(cls, Path(root)):
@@ -162,7 +168,7 @@ def load_dataset(
     for label, size in (("train_size", train_size), ("test_size", test_size)):
         if size is not None and size < 1:
             raise UsageError(f"{label} must be a positive number of images, got {size}")
-    cls = DATASETS[name][0]
+    cls = _torchvision_class(name)
     found = str(_find_root(name, root, download))
     splits = []
     for is_train, size in ((True, train_size), (False, test_size)):

@@ -42,6 +42,7 @@ from pyro.ops import packed
 from pyro.ops.contract import contract_to_tensor
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
+from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from pyrovae.data import Split, batches
@@ -63,6 +64,8 @@ __all__ = [
     "KHAT_OK",
     "KHAT_MIN_SAMPLES",
     "is_latent",
+    "ElboTerms",
+    "elbo_terms",
 ]
 
 KHAT_GOOD, KHAT_OK = 0.5, 0.7  # Pareto k-hat thresholds of Vehtari et al.
@@ -332,3 +335,77 @@ def khat_shares(khat: Tensor) -> dict[str, float]:
         "0.5_to_0.7": ((khat >= KHAT_GOOD) & (khat <= KHAT_OK)).sum().item() / n,
         "above_0.7": (khat > KHAT_OK).sum().item() / n,
     }
+
+
+@dataclass
+class ElboTerms:
+    """The ELBO split into its two terms, nats per example:
+    ``ELBO = reconstruction - kl`` with ``reconstruction = E_q[log p(x | z)]`` and
+    ``kl = KL(q(z | x) || p(z))``."""
+
+    reconstruction: float  # expected log-likelihood of the observed sites under the guide's draws
+    kl: float              # KL of the guide's latent sites from the model's prior for them
+    analytic_kl: bool      # True when every latent site's KL was computed in closed form
+
+    @property
+    def elbo(self) -> float:
+        return self.reconstruction - self.kl
+
+
+@torch.no_grad()
+def elbo_terms(pair: nn.Module, split: Split, *, num_samples: int = 1, batch_size: int = 1000,
+               uses_labels: bool = False, analytic_kl: bool = True) -> ElboTerms:
+    """The expected log-likelihood and the KL term of the ELBO over ``split``, separately.
+
+    .. math::
+
+        \\mathrm{ELBO}(x) = \\mathbb{E}_{q(z | x)}[\\log p(x | z)] - \\mathrm{KL}(q(z | x) \\| p(z))
+
+    From traces of the pair: ``num_samples`` draws of the guide per example, the model
+    replayed on each. The reconstruction term sums the log-densities of the model's
+    observed sites; the KL term sums, over the guide's latent sites, the closed-form
+    ``KL(q || p)`` where Pyro has one for the two distributions (``analytic_kl``, as
+    ``TraceMeanField_ELBO`` does), else the Monte Carlo estimate ``log q(z) - log p(z)`` at
+    the draws. With ``analytic_kl=False`` and one sample, ``reconstruction - kl`` is exactly
+    the single-draw estimate that ``Trace_ELBO`` makes from the same draws.
+
+    Every model latent must be drawn by the guide (a site summed out by enumeration or
+    drawn from its prior has no guide term to split off). Run it inside the pair's
+    parameter scope; it leaves no parameters in Pyro's store.
+    """
+    if num_samples < 1 or batch_size < 1:
+        raise PyrovaeError(f"num_samples and batch_size must be positive, got {num_samples} and {batch_size}")
+    if len(split) == 0:
+        raise PyrovaeError("the split to evaluate holds no examples")
+    recon, kl, exact = 0.0, 0.0, True
+    with isolated_params():
+        for x, y in batches(split, batch_size):
+            args = _args(x, y if uses_labels else None)
+            for _ in range(num_samples):
+                guide_trace = prune_subsample_sites(poutine.trace(pair.guide).get_trace(*args))
+                model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(*args)
+                model_trace = prune_subsample_sites(model_trace)
+                model_trace.compute_log_prob()
+                guide_trace.compute_log_prob()
+                unmatched = [n for n, s in model_trace.nodes.items() if is_latent(s) and n not in guide_trace.nodes]
+                if unmatched:
+                    raise PyrovaeError(f"model latent sites {unmatched} are not drawn by the guide; elbo_terms "
+                                       "needs every latent in the guide to split the ELBO into its terms")
+                for name, site in model_trace.nodes.items():
+                    if site["type"] == "sample" and site["is_observed"]:
+                        recon += site["log_prob_sum"].item()
+                for name, q_site in guide_trace.nodes.items():
+                    if not is_latent(q_site):
+                        continue
+                    p_site = model_trace.nodes[name]
+                    term = None
+                    if analytic_kl:
+                        try:
+                            term = kl_divergence(q_site["fn"], p_site["fn"]).sum().item()
+                        except NotImplementedError:
+                            exact = False
+                    if term is None:
+                        term = (q_site["log_prob_sum"] - p_site["log_prob_sum"]).item()
+                    kl += term
+    n = len(split) * num_samples
+    return ElboTerms(recon / n, kl / n, analytic_kl and exact)

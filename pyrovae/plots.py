@@ -19,7 +19,6 @@ from typing import Any, Sequence
 import pyro.poutine as poutine
 import torch
 from torch import Tensor, nn
-from torchvision.utils import make_grid, save_image
 
 from pyrovae.data import Split
 from pyrovae.evaluate import KHAT_OK, is_latent, isolated_params
@@ -40,6 +39,18 @@ __all__ = [
     "encode_means",
     "decode_means",
 ]
+
+
+def _save_image(*args: Any, **kwargs: Any) -> None:
+    from torchvision.utils import save_image  # imported on first use: importing torchvision takes seconds
+
+    save_image(*args, **kwargs)
+
+
+def _make_grid(*args: Any, **kwargs: Any) -> Tensor:
+    from torchvision.utils import make_grid
+
+    return make_grid(*args, **kwargs)
 
 
 class FigureUnavailable(TypeError):
@@ -69,7 +80,7 @@ def save_samples(pair: nn.Module, path: str | Path, n: int = 64, nrow: int = 8) 
     """A grid of ``n`` images from ``pair.sample(n)``."""
     if not callable(getattr(pair, "sample", None)):
         raise FigureUnavailable(f"{type(pair).__name__} has no sample(n) method, so it cannot draw images")
-    save_image(pair.sample(n).clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+    _save_image(pair.sample(n).clamp(0, 1).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
     return Path(path)
 
 
@@ -79,7 +90,7 @@ def save_reconstructions(pair: nn.Module, x: Tensor, path: str | Path, nrow: int
         raise FigureUnavailable(f"{type(pair).__name__} has no reconstruct(x) method")
     recon = pair.reconstruct(x).clamp(0, 1)
     rows = [t for i in range(0, x.shape[0], nrow) for t in (x[i : i + nrow], recon[i : i + nrow])]
-    save_image(torch.cat(rows).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
+    _save_image(torch.cat(rows).cpu(), path, nrow=nrow, padding=2, pad_value=1.0)
     return Path(path)
 
 
@@ -164,7 +175,7 @@ def save_interpolations(pair: nn.Module, x_from: Tensor, x_to: Tensor, path: str
     decoded = decode_means(pair, path_z.reshape(-1, za.shape[1]), x_from, labels)
     decoded = decoded.reshape(x_from.shape[0], steps, *x_from.shape[1:])
     grid = torch.cat([x_from[:, None], decoded, x_to[:, None]], dim=1).flatten(0, 1)
-    save_image(grid.clamp(0, 1).cpu().float(), path, nrow=steps + 2, padding=2, pad_value=1.0)
+    _save_image(grid.clamp(0, 1).cpu().float(), path, nrow=steps + 2, padding=2, pad_value=1.0)
     return Path(path)
 
 
@@ -213,7 +224,7 @@ def save_manifold(pair: nn.Module, x_like: Tensor, path: str | Path, n: int = 20
     z = torch.stack([z0.reshape(-1), z1.reshape(-1)], 1).to(x_like.device)
     with torch.no_grad():
         images = decode_means(pair, z, x_like, None if label is None else label.expand(n * n, *label.shape[1:]))
-    save_image(images.clamp(0, 1).cpu().float(), path, nrow=n, padding=1, pad_value=1.0)
+    _save_image(images.clamp(0, 1).cpu().float(), path, nrow=n, padding=1, pad_value=1.0)
     return Path(path)
 
 
@@ -221,7 +232,7 @@ def _grid_figure(images: Tensor, nrow: int, path: str | Path, title: str, row_la
                  cell_text: Sequence[str] = ()) -> Path:
     """``make_grid`` of ``images`` drawn with a title, row labels and a caption per cell."""
     pad = 2
-    grid = make_grid(images.clamp(0, 1).cpu().float(), nrow=nrow, padding=pad, pad_value=1.0)
+    grid = _make_grid(images.clamp(0, 1).cpu().float(), nrow=nrow, padding=pad, pad_value=1.0)
     h, w = images.shape[-2] + pad, images.shape[-1] + pad
     rows = math.ceil(images.shape[0] / nrow)
     fig = _figure(max(4.0, 0.6 * nrow + 2.5), 0.6 * rows + 1.0)

@@ -12,6 +12,10 @@ Each epoch appends ``epoch``, ``train_elbo``, ``test_elbo`` (nats per example) a
 weights, free Pyro parameters, optimizer state, epoch and RNG states. A stopped run
 continues with ``resume=True`` and ends with the same parameters as one that never
 stopped (same device, same seed).
+
+Started by ``torchrun`` (or ``pyrovae train --nproc N``), with a process group of two or
+more ranks, it trains data-parallel: each rank on its slice of every batch, gradients
+summed over ranks, rank 0 alone writing the run directory (:mod:`pyrovae.distributed`).
 """
 
 from __future__ import annotations
@@ -27,9 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyro
-import pyro.optim
 import torch
-from pyro.infer import SVI
+from pyro import poutine
+from pyro.infer import SVI, TraceEnum_ELBO
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -37,9 +41,10 @@ from pyrovae.data import Dataset, batches, evaluation_split
 from pyrovae.errors import NonFiniteLossError, PyrovaeError, UsageError
 from pyrovae.estimators import make_estimator, make_evaluator
 from pyrovae.evaluate import mean_elbo
+from pyrovae.optim import JointAdam
 from pyrovae.pairs import spec_of
 from pyrovae.plots import save_reconstructions, save_samples
-from pyrovae import runs
+from pyrovae import distributed, runs
 from pyrovae.runs import Run
 
 __all__ = ["Callback", "train", "resolve_device", "check_data", "epoch_generator"]
@@ -157,6 +162,7 @@ def train(
     elbo = elbo or getattr(pair, "default_elbo", "trace")
     estimator, evaluator = make_estimator(elbo), make_evaluator(elbo)
     dev = resolve_device(device)
+    group = distributed.current()  # None in a single process
     check_data(pair, data)
     config = json.loads(json.dumps({
         "model": spec_of(pair), "model_args": getattr(pair, "hparams", {}),
@@ -166,7 +172,13 @@ def train(
         "epochs": epochs, "device": str(dev),
     }))
     out = Path(out) if out is not None else None
-    ckpt = runs.prepare_dir(out, config, resume) if out is not None else None
+    if out is None:
+        ckpt, metrics = None, []
+    elif group is None:
+        ckpt, metrics = _open_run(out, config, resume)
+    else:  # rank 0 opens the run and sends the checkpoint: other machines need no copy of the directory
+        ckpt, metrics = group.from_rank0(lambda: _open_run(out, config, resume), dev)
+    writes = out is not None and (group is None or group.is_main)
 
     pair.to(dev)
     data = data.to(dev)
@@ -175,25 +187,26 @@ def train(
     uses_labels = getattr(pair, "uses_labels", False)
     test = evaluation_split(data.test, binarize)
 
-    optim = pyro.optim.Adam({"lr": lr})
+    optim = JointAdam(lr)
     if ckpt is None:
-        start, metrics, store = 0, [], None
+        start, store = 0, None
         pyro.set_rng_seed(seed)
     else:
         start, store = ckpt["epoch"], ckpt["params"]
         pair.load_state_dict(ckpt["pair"])
         optim.set_state(ckpt["optim"])
         _set_rng_state(ckpt["rng"])
-        metrics = runs.read_metrics(out, start)
-        runs.rewrite_metrics(out, metrics)
-        with open(out / runs.CONFIG, "w") as f:
-            f.write(json.dumps(config, indent=2) + "\n")
+    quiet = quiet or (group is not None and not group.is_main)
     say = (lambda msg: None) if quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
     show_bar = not quiet and sys.stderr.isatty()
     n_train = len(data.train)
+    validate = pyro.distributions.is_validation_enabled()
 
     with pyro.get_param_store().scope(store):
         svi = SVI(pair.model, pair.guide, optim, loss=estimator)
+        svi_step = svi.step if group is None else distributed.DataParallelStep(pair, estimator, optim, dev)
+        for elbo_object in (estimator, evaluator):
+            _settle_plate_nesting(elbo_object, pair, data.train, batch_size, uses_labels)
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
             pair.train()
@@ -202,9 +215,17 @@ def train(
             total, seen = 0.0, 0
             bar = tqdm(total=math.ceil(n_train / batch_size), desc=f"epoch {epoch}/{epochs}",
                        disable=not show_bar, leave=False, file=sys.stderr)
-            for step, (x, y) in enumerate(batches(data.train, batch_size, shuffle=shuffle, binarize_with=flips), 1):
+            if group is None:
+                epoch_batches = batches(data.train, batch_size, shuffle=shuffle, binarize_with=flips)
+            else:  # this rank's slice of each global batch, and its own SVI noise
+                epoch_batches = group.shards(data.train, batch_size, seed, epoch, binarize, dev)
+                group.seed_epoch(seed, epoch)
+            for step, (x, y) in enumerate(epoch_batches, 1):
                 try:
-                    loss = svi.step(x, y) if uses_labels else svi.step(x)
+                    # Pyro's argument and shape checks run on an epoch's first step only: they cost
+                    # about a tenth of a step, and a NaN they would catch also makes the loss NaN
+                    with pyro.validation_enabled(validate and step == 1):
+                        loss = svi_step(x, y) if uses_labels else svi_step(x)
                 except (ValueError, RuntimeError) as err:
                     if _is_nonfinite_failure(err, pair):
                         raise NonFiniteLossError(epoch, step, float("nan"), _last_checkpoint(out)) from err
@@ -212,7 +233,7 @@ def train(
                                        f"of shape {tuple(x.shape)}: {err}") from err
                 if not math.isfinite(loss):
                     raise NonFiniteLossError(epoch, step, loss, _last_checkpoint(out))
-                total, seen = total + loss, seen + x.shape[0]
+                total, seen = total + loss, min(step * batch_size, n_train)
                 for cb in callbacks:
                     cb.on_step(epoch, step, loss)
                 if show_bar:
@@ -223,13 +244,14 @@ def train(
             record = {
                 "epoch": epoch,
                 "train_elbo": -total / n_train,
-                "test_elbo": mean_elbo(pair, test, evaluator, max(batch_size, 1000), uses_labels),
+                "test_elbo": (mean_elbo if group is None else group.mean_elbo)(
+                    pair, test, evaluator, max(batch_size, 1000), uses_labels),
                 "seconds": time.perf_counter() - t0,
             }
             metrics.append(record)
             say(f"epoch {epoch}/{epochs}  train ELBO {record['train_elbo']:.2f}  "
                 f"test ELBO {record['test_elbo']:.2f}  ({record['seconds']:.1f} s)")
-            if out is not None:
+            if writes:
                 runs.append_metrics(out, record)
                 runs.save_checkpoint(out, {
                     "epoch": epoch, "config": config, "pair": pair.state_dict(),
@@ -240,9 +262,37 @@ def train(
                 cb.on_epoch(record)
         params = runs.free_param_state(pyro.get_param_store().get_state())
     pair.eval()
-    if out is not None:
+    if writes:
         _save_images(pair, test.x[:32], out)
     return Run(pair, config, metrics, out, params)
+
+
+def _open_run(out: Path, config: dict[str, Any], resume: bool) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
+    """Prepare the run directory; on resume, the checkpoint and the metrics up to it (later
+    records dropped from the file), and the new configuration written."""
+    ckpt = runs.prepare_dir(out, config, resume)
+    if ckpt is None:
+        return None, []
+    metrics = runs.read_metrics(out, ckpt["epoch"])
+    runs.rewrite_metrics(out, metrics)
+    with open(out / runs.CONFIG, "w") as f:
+        f.write(json.dumps(config, indent=2) + "\n")
+    return ckpt, metrics
+
+
+def _settle_plate_nesting(estimator: Any, pair: nn.Module, split: Any, batch_size: int, uses_labels: bool) -> None:
+    """Let an estimator that guesses ``max_plate_nesting`` (``TraceEnum_ELBO`` does) do so now,
+    with the random number state put back: its guess runs the model and guide once, and
+    if it drew from the RNG at the first step, a resumed run would draw differently from
+    an unbroken one."""
+    guesses = isinstance(estimator, TraceEnum_ELBO) or getattr(estimator, "vectorize_particles", False)
+    if not guesses or getattr(estimator, "max_plate_nesting", None) != float("inf"):
+        return
+    x = split.x[:batch_size]
+    args = (x, split.y[:batch_size]) if uses_labels else (x,)
+    devices = [x.device.index or 0] if x.is_cuda else []
+    with torch.random.fork_rng(devices=devices), poutine.block(), pyro.validation_enabled(False):
+        estimator._guess_max_plate_nesting(pair.model, pair.guide, args, {})
 
 
 def _last_checkpoint(out: Path | None) -> str | None:

@@ -58,7 +58,7 @@ def test_a_users_pair_trains_and_evaluates_from_its_file(tmp_path):
 @pytest.mark.parametrize(
     "argv, status, message",
     [
-        (["train", "resnet"], 2, "valid names: cvae, cvae-baseline, gmvae, linear, vae"),
+        (["train", "resnet"], 2, "valid names: autoencoder, cvae, cvae-baseline, gmvae, linear, vae"),
         (["train", "vae", "--elbo", "iwae-0"], 2, "valid forms: trace, meanfield, graph, enum, stl, iwae-K"),
         (["train", "vae", "--dataset", "cifar10"], 2, "valid names: fashion-mnist, mnist"),
         (["train", "vae", "--device", "tpu"], 2, "unknown device"),
@@ -96,7 +96,7 @@ def test_a_file_in_the_way_of_the_run_directory(tmp_path, capsys):
 
 def test_unknown_model_in_a_fresh_process_exits_2_without_traceback():
     done = subprocess.run([sys.executable, "-m", "pyrovae", "train", "resnet"], capture_output=True, text=True)
-    assert done.returncode == 2 and "valid names: cvae, cvae-baseline, gmvae, linear, vae" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 2 and "valid names: autoencoder, cvae, cvae-baseline, gmvae, linear, vae" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_sigterm_keeps_the_last_complete_checkpoint_and_resume_continues(tmp_path):

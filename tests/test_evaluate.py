@@ -279,3 +279,54 @@ def test_eval_writes_log_likelihood_gap_and_khat(tmp_path, capsys):
     assert "--iwae-k must be 0 or more" in capsys.readouterr().err
     assert main(["eval", str(run), "--test-size", "5", "--posterior", "6"]) == 2
     assert "more inputs than the 5 test images" in capsys.readouterr().err
+
+
+# the ELBO's two terms ---------------------------------------------------------------
+
+def test_elbo_terms_add_up_to_trace_elbo_on_the_same_draws():
+    from pyro.infer import Trace_ELBO
+
+    from pyrovae.evaluate import elbo_terms
+    from pyrovae.models import VAE
+
+    pair = VAE(z_dim=3, hidden=[16])
+    x = torch.bernoulli(torch.rand(30, 1, 28, 28, generator=torch.Generator().manual_seed(0)))
+    pyro.set_rng_seed(4)
+    terms = elbo_terms(pair, Split(x, torch.zeros(30)), analytic_kl=False)
+    pyro.set_rng_seed(4)
+    with pyro.get_param_store().scope():
+        elbo = -Trace_ELBO().loss(pair.model, pair.guide, x) / 30
+    assert terms.elbo == pytest.approx(terms.reconstruction - terms.kl)
+    assert terms.elbo == pytest.approx(elbo, abs=1e-4)
+    assert not terms.analytic_kl
+
+
+def test_analytic_kl_is_the_closed_form_for_a_normal_guide_and_a_standard_normal_prior():
+    from pyrovae.evaluate import elbo_terms
+    from pyrovae.models import VAE
+
+    pair = VAE(z_dim=4, hidden=[16])
+    with torch.no_grad():
+        pair.encoder.head.bias.normal_()  # guide means and scales away from the prior's
+    x = torch.rand(25, 1, 28, 28, generator=torch.Generator().manual_seed(1)).round()
+    split = Split(x, torch.zeros(25))
+    terms = elbo_terms(pair, split, batch_size=10)  # three batches
+    with torch.no_grad():
+        loc, scale = pair.encoder(x)
+        closed = 0.5 * (loc**2 + scale**2 - 1 - 2 * scale.log()).sum(-1).mean().item()
+    assert terms.analytic_kl
+    assert terms.kl == pytest.approx(closed, rel=1e-5)
+    # the Monte Carlo estimate of the same KL agrees within its noise (400 draws of 25 examples)
+    pyro.set_rng_seed(0)
+    sampled = elbo_terms(pair, split, num_samples=400, analytic_kl=False)
+    assert abs(sampled.kl - closed) < 0.05 * closed + 0.05, (sampled.kl, closed)
+    assert abs(sampled.reconstruction - terms.reconstruction) < 2.0
+
+
+def test_elbo_terms_on_the_linear_pair_match_its_closed_form_elbo(pair, x):
+    from pyrovae.evaluate import elbo_terms
+
+    scale_guide(pair, 0.7)
+    pyro.set_rng_seed(0)
+    terms = elbo_terms(pair, Split(x, torch.zeros(N)), num_samples=400)
+    assert terms.elbo == pytest.approx(exact_elbo(pair, x).mean().item(), abs=0.06)  # sd about 0.015

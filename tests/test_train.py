@@ -127,3 +127,29 @@ def test_bad_options_are_usage_errors(kwargs, error, data):
 def test_cuda_without_a_gpu_says_so(data):
     with pytest.raises(PyrovaeError, match="CUDA is not available"):
         train(_pair(), data, device="cuda", **SMALL)
+
+
+class NegativeScaleVAE(VAE):
+    """A guide whose scale turns negative at one step: Pyro's argument checks name the
+    constraint; without them the loss is NaN."""
+
+    def __init__(self, bad_step: int) -> None:
+        super().__init__(z_dim=4, hidden=[16])
+        self.bad_step, self.calls = bad_step, 0
+
+    def guide(self, x, y=None):
+        self.calls += 1
+        pyro.module("encoder", self.encoder)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder(x)
+            sign = -1.0 if self.calls == self.bad_step else 1.0
+            pyro.sample("z", pyro.distributions.Normal(loc, sign * scale).to_event(1))
+
+
+def test_first_step_of_an_epoch_runs_pyros_checks_later_steps_do_not(data):
+    # 600 images in batches of 100, then one test batch: step 1 of epoch 2 is the 8th call
+    with pytest.raises(PyrovaeError, match=r"epoch 2, step 1.*GreaterThan") as err:
+        train(NegativeScaleVAE(bad_step=8), data, epochs=2, batch_size=100, quiet=True)
+    assert not isinstance(err.value, NonFiniteLossError)
+    with pytest.raises(NonFiniteLossError, match="epoch 1, step 3"):
+        train(NegativeScaleVAE(bad_step=3), data, epochs=2, batch_size=100, quiet=True)

@@ -80,3 +80,51 @@ def test_every_likelihood_trains(likelihood, data):
 def test_every_registered_estimator_trains_the_vae(elbo, data):
     run = train(VAE(z_dim=4, hidden=[16]), data, epochs=2, batch_size=100, elbo=elbo, quiet=True)
     assert run.metrics[1]["train_elbo"] > run.metrics[0]["train_elbo"], run.metrics
+
+
+def test_score_function_pair_has_the_same_elbo_and_mean_gradient_but_noisier_guide_gradients():
+    """reparameterized=False changes how the guide is differentiated, not what: the same
+    bound, the same expected gradient, a larger variance (lower signal-to-noise)."""
+    from pyrovae.compare import gradient_snr
+
+    torch.manual_seed(0)
+    reparam = VAE(z_dim=2, hidden=[8], x_shape=(6,))
+    score = VAE(z_dim=2, hidden=[8], x_shape=(6,), reparameterized=False)
+    score.load_state_dict(reparam.state_dict())
+    assert score.hparams["reparameterized"] is False and "reparameterized" not in reparam.hparams
+    x = torch.bernoulli(torch.full((16, 6), 0.3), generator=torch.Generator().manual_seed(1))
+    with pyro.get_param_store().scope():
+        pyro.set_rng_seed(2)
+        elbo_reparam = Trace_ELBO().loss(reparam.model, reparam.guide, x)
+        pyro.set_rng_seed(2)
+        elbo_score = Trace_ELBO().loss(score.model, score.guide, x)
+    assert elbo_reparam == pytest.approx(elbo_score)  # same draws, same bound
+
+    def grads(pair, draws):
+        out = []
+        with pyro.get_param_store().scope():
+            for _ in range(draws):
+                pair.zero_grad()
+                Trace_ELBO().loss_and_grads(pair.model, pair.guide, x)
+                out.append(pair.encoder.head.bias.grad.clone())
+        return torch.stack(out)
+
+    g_r, g_s = grads(reparam, 400), grads(score, 400)
+    se = (g_r.var(0) / 400 + g_s.var(0) / 400).sqrt()
+    assert ((g_r.mean(0) - g_s.mean(0)).abs() < 4 * se).all(), (g_r.mean(0), g_s.mean(0), se)
+    assert (g_s.var(0) > 2 * g_r.var(0)).all(), (g_s.var(0), g_r.var(0))
+    with pyro.get_param_store().scope():  # one scope per pair: both register "encoder" and "decoder"
+        snr_r = gradient_snr(reparam, Trace_ELBO(), x, draws=100)
+    with pyro.get_param_store().scope():
+        snr_s = gradient_snr(score, Trace_ELBO(), x, draws=100)
+    assert snr_r.guide > snr_s.guide, (snr_r, snr_s)
+
+
+@pytest.mark.parametrize("elbo", ["trace", "graph"])
+def test_score_function_pair_trains(elbo, data):
+    pair = VAE(z_dim=4, hidden=[16], reparameterized=False)
+    guide_z = pyro.poutine.trace(pair.guide).get_trace(data.test.x[:3]).nodes["z"]["fn"]
+    assert not guide_z.has_rsample
+    run = train(pair, data, epochs=2, batch_size=100, elbo=elbo, quiet=True)
+    assert run.metrics[1]["train_elbo"] > run.metrics[0]["train_elbo"], run.metrics
+    assert run.config["model_args"]["reparameterized"] is False
