@@ -97,9 +97,12 @@ def gradient_snr(pair: nn.Module, estimator: ELBO, x: torch.Tensor, y: torch.Ten
                  draws: int = 100) -> SNR:
     """Gradient signal-to-noise of ``estimator`` on the fixed minibatch ``x``.
 
-    Runs inside the caller's parameter scope; leaves no gradients behind. Sums and sums of
-    squares are accumulated in float64, so memory does not grow with ``draws``.
+    Runs inside the caller's parameter scope; leaves no gradients behind, and puts the
+    pair's buffers back afterwards (a pair that counts its training steps in a buffer, as
+    the GMVAE does, must not count these draws). Sums and sums of squares are accumulated
+    in float64, so memory does not grow with ``draws``.
     """
+    buffers = {name: b.clone() for name, b in pair.named_buffers()}
     args = (x, y) if y is not None else (x,)
     guide, model = _param_groups(pair, x, y)
     groups = {"guide": guide, "model": model}
@@ -117,6 +120,9 @@ def gradient_snr(pair: nn.Module, estimator: ELBO, x: torch.Tensor, y: torch.Ten
                 q += g * g
     for p in everything:
         p.grad = None
+    with torch.no_grad():
+        for name, b in pair.named_buffers():
+            b.copy_(buffers[name])
     result = {}
     for k in groups:
         ratios = []

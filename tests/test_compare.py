@@ -84,3 +84,14 @@ def test_bad_settings_are_usage_errors(kwargs):
 def test_compare_command_rejects_an_unknown_estimator(tmp_path, capsys):
     assert main(["compare", "vae", "--elbos", "trace,bogus", "--out", str(tmp_path)]) == 2
     assert "valid forms" in capsys.readouterr().err
+
+
+def test_snr_draws_leave_a_pairs_step_counter_alone():
+    from pyrovae.models.gmvae import GMVAE
+
+    pair = GMVAE(k=3, z_dim=2, hidden=[16], pretrain_examples=1000)
+    x = torch.bernoulli(torch.rand(8, 1, 28, 28))
+    before = {name: b.clone() for name, b in pair.named_buffers()}
+    gradient_snr(pair, make_estimator("enum"), x, draws=3)
+    assert int(pair.examples_seen) == 0
+    assert all(torch.equal(b, before[name]) for name, b in pair.named_buffers())
