@@ -180,9 +180,10 @@ def compare(settings: Settings, data: Dataset, out: str | Path, quiet: bool = Fa
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "settings.json"
-    current = json.loads(json.dumps(asdict(settings)))
+    data_of = {"dataset": data.name, "train_size": len(data.train), "test_size": len(data.test)}
+    current = json.loads(json.dumps({**asdict(settings), **data_of}))
     if saved.exists() and json.loads(saved.read_text()) != current:
-        raise UsageError(f"{out} holds a comparison with other settings ({saved}); choose another --out")
+        raise UsageError(f"{out} holds a comparison with other settings or data ({saved}); choose another --out")
     saved.write_text(json.dumps(current, indent=2) + "\n")
     jobs = [(name, seed) for seed in range(settings.seeds) for name in settings.estimators]
     rows = []

@@ -10,6 +10,7 @@ import torch
 
 from pyrovae import compare as compare_module
 from pyrovae.cli import main
+from pyrovae.data import Dataset, Split
 from pyrovae.compare import Settings, compare, gradient_snr
 from pyrovae.errors import UsageError
 from pyrovae.estimators import make_estimator
@@ -73,6 +74,9 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, data, monkeypat
     assert compare(settings, data, tmp_path, quiet=True) == rows
     with pytest.raises(UsageError, match="other settings"):
         compare(Settings(estimators=("trace",), seeds=2, **TINY), data, tmp_path, quiet=True)
+    fewer = Dataset(data.name, Split(data.train.x[:300], data.train.y[:300]), data.test, data.classes)
+    with pytest.raises(UsageError, match="other settings"):  # same settings, other data
+        compare(settings, fewer, tmp_path, quiet=True)
 
 
 @pytest.mark.parametrize("kwargs", [{"estimators": ("trace", "iwae-0")}, {"estimators": ()}, {"snr_draws": 1}])
