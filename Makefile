@@ -12,8 +12,9 @@ demo: data install
 	pyrovae train vae --epochs $(DEMO_EPOCHS) --out runs/demo
 	@echo "runs/demo holds config.json, metrics.jsonl, checkpoint.pt, samples.png and reconstructions.png"
 
+# Notebooks run top to bottom in their fast mode (PYROVAE_FAST=1: few epochs, small data).
 test: data install
-	$(PYTHON) -m pytest -q
+	PYROVAE_FAST=1 $(PYTHON) -m pytest -q --nbmake tests notebooks
 
 install:
 	$(PIP) install -e ".[dev]" -c constraints.txt

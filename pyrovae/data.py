@@ -179,14 +179,16 @@ def load_dataset(
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw of binary pixels with ``P(pixel = 1) = x``."""
-    return torch.bernoulli(x, generator=generator)
+    """One draw of binary pixels with ``P(pixel = 1) = x`` (``u < x`` for uniform ``u``: a third
+    of the time of ``torch.bernoulli`` on the CPU, where it was a fifth of a training step)."""
+    return (torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype) < x).to(x.dtype)
 
 
 def fixed_binarization(x: torch.Tensor, seed: int = TEST_BINARIZATION_SEED) -> torch.Tensor:
-    """The same binarization for the same ``x`` and seed on any device (drawn on the CPU)."""
+    """The same binarization for the same ``x`` and seed on any device (drawn on the CPU by
+    ``torch.bernoulli``, as it always was, so that evaluations stay comparable)."""
     generator = torch.Generator().manual_seed(seed)
-    return binarize(x.cpu(), generator).to(x.device)
+    return torch.bernoulli(x.cpu(), generator=generator).to(x.device)
 
 
 def evaluation_split(split: Split, binarized: bool) -> Split:
