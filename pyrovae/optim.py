@@ -54,6 +54,9 @@ class JointAdam(PyroOptim):
                 if p not in stepped:
                     p.grad = None
         self.optimizer.step()
+        # like torch's zero_grad(): the next backward pass then writes the gradients instead of
+        # adding them to the zero tensors that SVI's zero_grads would put there
+        self.optimizer.zero_grad(set_to_none=True)
 
     def _add(self, params: list[torch.Tensor]) -> None:
         # torch.optim raises on a parameter listed twice, and a fused step needs one device and dtype

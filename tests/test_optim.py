@@ -113,3 +113,12 @@ def test_fits_a_free_parameter():
     for _ in range(300):
         svi.step()
     assert abs(pyro.param("loc").item()) < 0.5  # the exact posterior mean is 0
+
+
+def test_gradients_are_released_after_a_step():
+    # the next backward pass then writes fresh gradients instead of adding to zeros
+    pyro.clear_param_store()
+    pair = VAE(z_dim=3, hidden=[8])
+    svi = SVI(pair.model, pair.guide, JointAdam(lr=1e-2), Trace_ELBO())
+    svi.step(X)
+    assert all(p.grad is None for p in pair.parameters())
