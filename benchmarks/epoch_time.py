@@ -12,15 +12,20 @@ in one process, so that a busy machine slows all of them alike:
 - ``plain``: the loop of ``benchmarks/plain_vae.py`` with ``torch.optim.Adam``'s defaults,
   what one writes by hand;
 - ``plain+fused``: the same loop with PyTorch's fused Adam kernel, which pyrovae's
-  trainer uses (:class:`pyrovae.optim.JointAdam`), so the remaining difference is Pyro's.
+  trainer uses (:class:`pyrovae.optim.JointAdam`), so the remaining difference is Pyro's;
+- ``plain+fused+compiled`` (with ``--compiled``): that loop with both networks under
+  ``torch.compile``, to see whether compiling the networks would pay.
 
 Each epoch includes the test-ELBO pass over the 10,000 test images. The matmul floor is
 the matmul FLOPs of an epoch (``benchmarks/machine.py``) at the GFLOP/s this machine
-reaches on a 2048 x 2048 float32 matmul, measured at the start of the run.
+reaches on a 2048 x 2048 float32 matmul, measured at the start of the run. The same
+products at the VAE's own shapes (batch 256 by 784, 400, 100 and 50 columns) run slower;
+their time, measured alone, is the second floor, the one a loop at this batch size can
+approach.
 
 Run from the repository root::
 
-    python benchmarks/epoch_time.py [--reps 5] [--elbos trace] [--threads T] [--device cuda]
+    python benchmarks/epoch_time.py [--reps 5] [--elbos trace] [--threads T] [--compiled] [--device cuda]
 
 Prints a table and a summary; writes benchmarks/results/epoch_time[_DEVICE].json and .md.
 """
@@ -40,8 +45,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyrovae  # noqa: E402
-from machine import describe, matmul_gflops, vae_epoch_flops  # noqa: E402
-from plain_vae import HIDDEN, Z_DIM, PlainVAE  # noqa: E402
+from machine import describe, matmul_gflops, vae_epoch_flops, vae_epoch_matmul_seconds  # noqa: E402
+from plain_vae import HIDDEN, TEST_BATCH_SIZE, Z_DIM, PlainVAE  # noqa: E402
 from pyrovae.models import VAE  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -68,6 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(T)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--compiled", action="store_true",
+                   help="also time plain+fused with the networks under torch.compile")
     p.add_argument("--train-size", type=int, default=None, help="first N training images (quick checks)")
     args = p.parse_args(argv)
     if args.threads is not None:
@@ -76,8 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     gflops = matmul_gflops(args.device)
     flops = vae_epoch_flops(784, HIDDEN, Z_DIM, len(data.train), len(data.test))
     floor = (flops["train"] + flops["test"]) / (gflops * 1e9)
+    shaped = vae_epoch_matmul_seconds(784, HIDDEN, Z_DIM, len(data.train), len(data.test), 256, TEST_BATCH_SIZE,
+                                      args.device)
     print(f"matmul: {gflops:.0f} GFLOP/s; an epoch is {flops['train'] / 1e9:.0f} + {flops['test'] / 1e9:.0f} "
-          f"GFLOP of matmuls (train + test), a floor of {floor:.2f} s", flush=True)
+          f"GFLOP of matmuls (train + test), a floor of {floor:.2f} s; at the VAE's shapes they take "
+          f"{shaped:.2f} s", flush=True)
 
     with tempfile.TemporaryDirectory() as tmp:
         loops: dict[str, Callable[[], dict]] = {
@@ -86,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         loops["plain"] = PlainVAE(data, args.seed, device=args.device).epoch
         loops["plain+fused"] = PlainVAE(data, args.seed, fused_adam=True, device=args.device).epoch
+        if args.compiled:
+            loops["plain+fused+compiled"] = PlainVAE(data, args.seed, fused_adam=True, device=args.device,
+                                                     compiled=True).epoch
         seconds: dict[str, list[float]] = {name: [] for name in loops}
         elbos: dict[str, float] = {}
         for rep in range(args.reps + 1):
@@ -102,11 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = [{"loop": name, "median_seconds": median[name], "min_seconds": min(seconds[name]),
              "max_seconds": max(seconds[name]), "vs_plain": median[name] / median["plain"],
              "vs_plain_fused": median[name] / median["plain+fused"], "floor_fraction": floor / median[name],
+             "shaped_floor_fraction": shaped / median[name],
              "test_elbo_after": elbos[name], "seconds": seconds[name]} for name in loops]
-    lines = ["| loop | s/epoch (median) | min-max | vs plain | vs plain+fused | share of matmul floor |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| loop | s/epoch (median) | min-max | vs plain | vs plain+fused | share of matmul floor "
+             "| share of same-shape matmul time |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {r['loop']} | {r['median_seconds']:.2f} | {r['min_seconds']:.2f}-{r['max_seconds']:.2f} | "
-              f"{r['vs_plain']:.2f} | {r['vs_plain_fused']:.2f} | {r['floor_fraction']:.0%} |" for r in rows]
+              f"{r['vs_plain']:.2f} | {r['vs_plain_fused']:.2f} | {r['floor_fraction']:.0%} | "
+              f"{r['shaped_floor_fraction']:.0%} |" for r in rows]
     print("\n" + "\n".join(lines))
     print(f"\n{first} / plain = {median[first] / median['plain']:.2f}; floor {floor:.2f} s/epoch "
           f"at {gflops:.0f} GFLOP/s")
@@ -117,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "train_size": len(data.train), "test_size": len(data.test), "batch_size": 256,
                                  "z_dim": Z_DIM, "hidden": HIDDEN},
               "matmul_gflops": gflops, "epoch_matmul_gflop": {k: v / 1e9 for k, v in flops.items()},
-              "floor_seconds": floor, "loops": rows}
+              "floor_seconds": floor, "same_shape_matmul_seconds": shaped, "loops": rows}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"epoch_time{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     m = info["machine"]
@@ -129,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Default VAE (784-400-50, Bernoulli, batch 256) on {len(data.train)} training images, test ELBO on "
         f"{len(data.test)}; {args.reps} timed epochs per loop after one warm-up, taken in turn.  \n"
         f"Matmul: {gflops:.0f} GFLOP/s (2048 x 2048 float32); an epoch holds "
-        f"{(flops['train'] + flops['test']) / 1e9:.0f} GFLOP of matmuls, a floor of {floor:.2f} s.\n\n"
+        f"{(flops['train'] + flops['test']) / 1e9:.0f} GFLOP of matmuls, a floor of {floor:.2f} s; "
+        f"run alone at the VAE's shapes, the same matmuls take {shaped:.2f} s.\n\n"
         + "\n".join(lines) + "\n")
     print(f"wrote {RESULTS / f'epoch_time{suffix}.md'}")
     return 0

@@ -6,8 +6,9 @@ time its matrix multiplications alone would take, and is its memory bounded by t
 size (not by K or the number of images)? The pair is the default VAE after
 ``--train-epochs`` epochs (the weights do not change the work). The floor counts the
 decoder's matmuls for every draw and the encoder's for every chunk, at the GFLOP/s this
-machine reaches on a 2048 x 2048 float32 matmul. Memory: peak resident set of a fresh
-process per setting (``--memory`` runs a few small settings: two K, two chunk sizes).
+machine reaches on a 2048 x 2048 float32 matmul. Memory: peak resident set during the
+evaluation (Linux lets the peak be reset once loading and training are done), in a fresh
+process per setting with ``--memory`` (two K, two chunk sizes).
 
 Run from the repository root::
 
@@ -31,7 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyrovae  # noqa: E402
-from machine import describe, matmul_gflops, mlp_macs, peak_rss_mib  # noqa: E402
+from machine import describe, matmul_gflops, mlp_macs, peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
 from pyrovae.data import evaluation_split  # noqa: E402
 from pyrovae.evaluate import importance_log_likelihood  # noqa: E402
 from pyrovae.models import VAE  # noqa: E402
@@ -55,6 +56,8 @@ def measure(k: int, chunk_size: int, batch_size: int, test_size: int | None, tra
     pair = pyrovae.train(VAE(), data, epochs=train_epochs, device=device, quiet=True).pair
     test = evaluation_split(data.test, True).to(device)
     rss_before = peak_rss_mib()
+    reset = reset_peak_rss()  # so that the peak below is the evaluation's, not the loading's or training's
+    rss_start = rss_mib()
     t0 = time.perf_counter()
     ll = importance_log_likelihood(pair, test, k=k, chunk_size=chunk_size, batch_size=batch_size, progress=progress)
     if device.startswith("cuda"):
@@ -62,7 +65,8 @@ def measure(k: int, chunk_size: int, batch_size: int, test_size: int | None, tra
     seconds = time.perf_counter() - t0
     out = {"k": k, "chunk_size": chunk_size, "batch_size": batch_size, "images": len(test), "seconds": seconds,
            "log_likelihood": ll.mean, "stderr": ll.stderr, "peak_rss_mib_before": rss_before,
-           "peak_rss_mib": peak_rss_mib()}
+           "peak_rss_mib": peak_rss_mib(), "peak_reset": reset,
+           "rss_mib_at_start": rss_start}
     if device.startswith("cuda"):
         out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
     return out
@@ -99,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                    "--batch-size", str(args.batch_size), "--test-size", "200", "--device", args.device]
             row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             memory.append(row)
-            print(f"memory: K={k}, chunk {chunk}: peak RSS {row['peak_rss_mib']:.0f} MiB "
-                  f"(before evaluating {row['peak_rss_mib_before']:.0f} MiB)", flush=True)
+            print(f"memory: K={k}, chunk {chunk}: peak RSS while evaluating {row['peak_rss_mib']:.0f} MiB, "
+                  f"{row['rss_mib_at_start']:.0f} MiB when it started", flush=True)
 
     info = describe()
     suffix = "" if args.device == "cpu" else "_" + args.device.replace(":", "")
@@ -113,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
              f"Date: {info['date']}; torch {info['versions']['torch']}, pyro {info['versions']['pyro']}; "
              f"{m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads)"
              f"{', ' + m['gpu'] if m['gpu'] else ''}, device {args.device}\n",
-             "| K | images | chunk x batch | seconds | matmul floor | share of floor | peak RSS |",
+             "| K | images | chunk x batch | seconds | matmul floor | share of floor | peak RSS while evaluating |",
              "|---|---|---|---|---|---|---|",
              f"| {args.k} | {main_run['images']} | {args.chunk_size} x {args.batch_size} | {main_run['seconds']:.1f} | "
              f"{floor:.1f} s | {main_run['floor_fraction']:.0%} | {main_run['peak_rss_mib']:.0f} MiB |",
@@ -121,9 +125,13 @@ def main(argv: list[str] | None = None) -> int:
              f"after {args.train_epochs} epochs on 10,000 images; the figure is about speed, not quality). "
              f"Matmul rate {gflops:.0f} GFLOP/s."]
     if memory:
-        lines += ["\nPeak resident memory of a fresh process (200 images, one epoch of training first):\n",
-                  "| K | chunk x batch | peak RSS | before evaluating |", "|---|---|---|---|"]
+        lines += ["\nPeak resident memory while evaluating, in a fresh process (200 images, one epoch of "
+                  "training first), with the resident memory when the evaluation started and the peak of "
+                  "loading and training before it:\n",
+                  "| K | chunk x batch | peak RSS while evaluating | growth while evaluating | RSS at start "
+                  "| peak before |", "|---|---|---|---|---|---|"]
         lines += [f"| {r['k']} | {r['chunk_size']} x {r['batch_size']} | {r['peak_rss_mib']:.0f} MiB | "
+                  f"{r['peak_rss_mib'] - r['rss_mib_at_start']:.0f} MiB | {r['rss_mib_at_start']:.0f} MiB | "
                   f"{r['peak_rss_mib_before']:.0f} MiB |" for r in memory]
     (RESULTS / f"eval_time{suffix}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / f'eval_time{suffix}.md'}")

@@ -22,7 +22,8 @@ import torch
 
 import pyrovae
 
-__all__ = ["describe", "matmul_gflops", "mlp_macs", "vae_epoch_flops", "peak_rss_mib"]
+__all__ = ["describe", "matmul_gflops", "mlp_macs", "vae_epoch_flops", "vae_epoch_matmul_seconds", "rss_mib",
+           "peak_rss_mib", "reset_peak_rss"]
 
 
 def describe() -> dict[str, Any]:
@@ -85,6 +86,70 @@ def vae_epoch_flops(x_dim: int, hidden: Sequence[int], z_dim: int, n_train: int,
     return {"train": float(train * n_train), "test": float(test * n_test)}
 
 
+def vae_epoch_matmul_seconds(x_dim: int, hidden: Sequence[int], z_dim: int, n_train: int, n_test: int,
+                             batch_size: int, test_batch_size: int, device: torch.device | str = "cpu",
+                             reps: int = 50) -> float:
+    """Seconds the matmuls of one epoch take when run alone at the shapes the MLP VAE gives
+    them (the same products as :func:`vae_epoch_flops` counts, batch by batch): the floor a
+    loop at this batch size can reach, as small products run below the large-matmul rate."""
+    device = torch.device(device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    layers = list(zip([x_dim, *hidden], [*hidden, 2 * z_dim])) + list(zip([z_dim, *reversed(hidden)],
+                                                                           [*reversed(hidden), x_dim]))
+
+    def per_batch(rows: int, backward: bool) -> float:
+        ins = [torch.randn(rows, a, device=device) for a, _ in layers]
+        weights = [torch.randn(b, a, device=device) for a, b in layers]
+        grads = [torch.randn(rows, b, device=device) for _, b in layers]
+
+        def once() -> None:
+            for i, (x, w, g) in enumerate(zip(ins, weights, grads)):
+                x @ w.T
+                if backward:
+                    g.T @ x
+                    if i:  # the data needs no gradient
+                        g @ w
+        for _ in range(5):
+            once()
+        sync()
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                once()
+            sync()
+            best = min(best, (time.perf_counter() - t0) / reps)
+        return best
+
+    return per_batch(batch_size, True) * n_train / batch_size + per_batch(test_batch_size, False) * n_test / test_batch_size
+
+
+def _status_mib(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith(field + ":")) / 1024
+    except (OSError, StopIteration):
+        return None
+
+
+def rss_mib() -> float | None:
+    """Resident memory of this process now, in MiB (None where /proc is not there)."""
+    return _status_mib("VmRSS")
+
+
 def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident memory of this process, in MiB: since the last :func:`reset_peak_rss`
+    where Linux allows the reset, else since the start."""
+    peak = _status_mib("VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def reset_peak_rss() -> bool:
+    """Start the peak of :func:`peak_rss_mib` again from the current resident memory (Linux
+    4.0 and later); False where the system does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False

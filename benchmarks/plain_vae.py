@@ -44,16 +44,20 @@ class PlainVAE:
 
     :param fused_adam: ``None`` is ``torch.optim.Adam``'s default (what a user writes);
         ``True`` asks for PyTorch's fused Adam kernel.
+    :param compiled: run the encoder and decoder through ``torch.compile`` (its default
+        backend; compilation happens in the first epoch).
     """
 
     def __init__(self, data: Dataset, seed: int = 0, batch_size: int = 256, lr: float = 1e-3,
-                 fused_adam: bool | None = None, device: str = "cpu") -> None:
+                 fused_adam: bool | None = None, device: str = "cpu", compiled: bool = False) -> None:
         torch.manual_seed(seed)
         self.device = torch.device(device)
         self.encoder = Encoder(X_SHAPE, HIDDEN, Z_DIM).to(self.device)
         self.decoder = Decoder(Z_DIM, HIDDEN, X_SHAPE).to(self.device)
         self.optim = torch.optim.Adam([*self.encoder.parameters(), *self.decoder.parameters()], lr=lr,
                                       fused=fused_adam)
+        if compiled:
+            self.encoder, self.decoder = torch.compile(self.encoder), torch.compile(self.decoder)
         self.data, self.seed, self.batch_size = data.to(self.device), seed, batch_size
         self.test_x = fixed_binarization(data.test.x).to(self.device)
         self.epochs_done = 0
@@ -91,6 +95,6 @@ class PlainVAE:
     def as_pair(self) -> VAE:
         """A ``pyrovae.models.VAE`` holding these weights, for pyrovae's evaluation."""
         pair = VAE(z_dim=Z_DIM, hidden=HIDDEN)
-        pair.encoder.load_state_dict(self.encoder.state_dict())
-        pair.decoder.load_state_dict(self.decoder.state_dict())
+        for mine, theirs in ((self.encoder, pair.encoder), (self.decoder, pair.decoder)):
+            theirs.load_state_dict(getattr(mine, "_orig_mod", mine).state_dict())  # compiled or not
         return pair.to(self.device).eval()
