@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             memory.append(row)
             print(f"memory: K={k}, chunk {chunk}: peak RSS while evaluating {row['peak_rss_mib']:.0f} MiB, "
-                  f"{row['rss_mib_at_start']:.0f} MiB when it started", flush=True)
+                  f"{row['rss_mib_at_start'] or float('nan'):.0f} MiB when it started", flush=True)
 
     info = describe()
     suffix = "" if args.device == "cpu" else "_" + args.device.replace(":", "")
@@ -130,9 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                   "loading and training before it:\n",
                   "| K | chunk x batch | peak RSS while evaluating | growth while evaluating | RSS at start "
                   "| peak before |", "|---|---|---|---|---|---|"]
+        mib = lambda v: "-" if v is None else f"{v:.0f} MiB"  # noqa: E731  (no /proc: no current RSS)
         lines += [f"| {r['k']} | {r['chunk_size']} x {r['batch_size']} | {r['peak_rss_mib']:.0f} MiB | "
-                  f"{r['peak_rss_mib'] - r['rss_mib_at_start']:.0f} MiB | {r['rss_mib_at_start']:.0f} MiB | "
-                  f"{r['peak_rss_mib_before']:.0f} MiB |" for r in memory]
+                  f"{mib(r['rss_mib_at_start'] and r['peak_rss_mib'] - r['rss_mib_at_start'])} | "
+                  f"{mib(r['rss_mib_at_start'])} | {r['peak_rss_mib_before']:.0f} MiB |" for r in memory]
     (RESULTS / f"eval_time{suffix}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / f'eval_time{suffix}.md'}")
     return 0
