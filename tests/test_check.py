@@ -126,12 +126,21 @@ def _readme_pair() -> str | None:
     return match.group(1) if match else None
 
 
-@pytest.mark.skipif(_readme_pair() is None, reason="README.md has no example pair marked '# my_vae.py' yet")
-def test_the_readme_example_pair_checks_clean_and_trains(tmp_path, capsys):
+def test_the_readme_example_pair_checks_clean_trains_evaluates_and_compares(tmp_path, capsys):
+    pair_code = _readme_pair()
+    assert pair_code is not None, "README.md lost its example pair, the Python block starting '# my_vae.py'"
     path = tmp_path / "my_vae.py"
-    path.write_text(_readme_pair())
+    path.write_text(pair_code)
     assert main(["check", f"{path}:LaplaceVAE"]) == 0, capsys.readouterr().out
     run = tmp_path / "run"
     assert main(["train", f"{path}:LaplaceVAE", "--epochs", "1", "--train-size", "256", "--test-size", "64",
                  "--batch-size", "64", "--out", str(run), "--quiet"]) == 0
     assert "final test ELBO" in capsys.readouterr().out and (run / "checkpoint.pt").exists()
+    assert main(["eval", str(run), "--iwae-k", "8", "--test-size", "16"]) == 0
+    assert "log-likelihood (K=8)" in capsys.readouterr().out and (run / "eval.json").exists()
+    cmp = tmp_path / "cmp"
+    assert main(["compare", f"{path}:LaplaceVAE", "--elbos", "trace,stl", "--seeds", "1", "--epochs", "1",
+                 "--train-size", "256", "--test-size", "64", "--batch-size", "64", "--iwae-k", "8",
+                 "--ll-size", "16", "--snr-draws", "4", "--snr-batch", "8", "--out", str(cmp), "--quiet"]) == 0
+    assert {"trace", "stl"} <= {row.split("|")[1].strip() for row in capsys.readouterr().out.splitlines()
+                                if row.startswith("|")}
