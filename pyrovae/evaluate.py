@@ -84,8 +84,14 @@ def mean_elbo(pair: nn.Module, split: Split, estimator: ELBO, batch_size: int = 
     the trainer's own) so that Pyro parameters outside networks have their trained values.
     """
     total = 0.0
-    for x, y in batches(split, batch_size):
-        total += estimator.loss(pair.model, pair.guide, x, y) if uses_labels else estimator.loss(pair.model, pair.guide, x)
+    validate = pyro.distributions.is_validation_enabled()
+    with torch.no_grad():  # Pyro's ELBO.loss would otherwise record every batch for a backward pass
+        for i, (x, y) in enumerate(batches(split, batch_size)):
+            # Pyro's argument and shape checks on the first batch only, as the trainer does for
+            # each epoch's first step: on later batches they cost a fifth of the pass
+            with pyro.validation_enabled(validate and i == 0):
+                total += (estimator.loss(pair.model, pair.guide, x, y) if uses_labels
+                          else estimator.loss(pair.model, pair.guide, x))
     return -total / len(split)
 
 

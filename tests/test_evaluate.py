@@ -18,14 +18,15 @@ import pytest
 import torch
 import torch.distributions.normal
 from PIL import Image
+from pyro.infer import Trace_ELBO
 from torch import nn
 
 import example_pairs
 from pyrovae.cli import main
 from pyrovae.data import Split
 from pyrovae.errors import PyrovaeError
-from pyrovae.evaluate import importance_evaluation, importance_log_likelihood, khat_shares, log_weights
-from pyrovae.models import LinearVAE
+from pyrovae.evaluate import importance_evaluation, importance_log_likelihood, khat_shares, log_weights, mean_elbo
+from pyrovae.models import VAE, LinearVAE
 
 D, N = 5, 12
 TINY = ["--train-size", "300", "--test-size", "40", "--batch-size", "50", "--quiet"]
@@ -330,3 +331,28 @@ def test_elbo_terms_on_the_linear_pair_match_its_closed_form_elbo(pair, x):
     pyro.set_rng_seed(0)
     terms = elbo_terms(pair, Split(x, torch.zeros(N)), num_samples=400)
     assert terms.elbo == pytest.approx(exact_elbo(pair, x).mean().item(), abs=0.06)  # sd about 0.015
+
+
+def test_mean_elbo_is_the_closed_form_elbo_without_a_graph_checking_the_first_batch(pair, x):
+    calls = []
+
+    class Spy(Trace_ELBO):
+        def loss(self, model, guide, *args, **kwargs):
+            calls.append((torch.is_grad_enabled(), pyro.infer.util.is_validation_enabled()))
+            return super().loss(model, guide, *args, **kwargs)
+
+    pyro.set_rng_seed(3)
+    with pyro.validation_enabled(True):
+        got = mean_elbo(pair, Split(x, torch.zeros(N)), Spy(), batch_size=5)
+        assert pyro.infer.util.is_validation_enabled()  # restored afterwards
+    assert calls == [(False, True), (False, False), (False, False)]  # batches of 5, 5 and 2
+    # the guide is the exact posterior, so every draw's ELBO is log p(x), the closed-form ELBO
+    assert got == pytest.approx(exact_elbo(pair, x).mean().item(), abs=1e-4)
+
+
+def test_mean_elbo_checks_the_data_of_its_first_batch():
+    pair = VAE(z_dim=2, hidden=[8], x_shape=(4,))
+    x = torch.bernoulli(torch.full((6, 4), 0.5))
+    x[0, 0] = 0.5  # not a Bernoulli value
+    with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
+        mean_elbo(pair, Split(x, torch.zeros(6)), Trace_ELBO(), batch_size=3)
