@@ -1,0 +1,111 @@
+"""Python cost of one SVI step: pyrovae's step against the hand-written one on networks too
+small to cost anything.
+
+Question: how much of ``epoch_time.py``'s gap between pyrovae and the plain loop is Pyro's
+per-step bookkeeping (tracing the guide, replaying the model, collecting parameters)
+rather than tensor work? Both steps run the VAE pair's own networks, shrunk to
+``z_dim = 2`` and one hidden layer of 4 units, on a batch of 2 images, with one torch
+thread, so that what is left is Python:
+
+- ``pyrovae``: ``SVI(pair.model, pair.guide, JointAdam, Trace_ELBO()).step(x)``, what the
+  trainer runs each step (Pyro's argument checks off, as on every step but an epoch's first);
+- ``plain``: ``benchmarks/plain_vae.py``'s single-sample ELBO, ``backward`` and a fused
+  Adam step over the same parameters.
+
+The two take turns, ``--reps`` blocks of ``--steps`` steps each; prints the median
+milliseconds per step of each and their difference.
+
+Run from the repository root::
+
+    python benchmarks/step_overhead.py [--reps 7] [--steps 500]
+
+Writes benchmarks/results/step_overhead.json and .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import pyro
+import torch
+from pyro.infer import SVI, Trace_ELBO
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
+from plain_vae import elbo  # noqa: E402
+from pyrovae.models import VAE  # noqa: E402
+from pyrovae.optim import JointAdam  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def steps(pair: VAE, x: torch.Tensor) -> dict[str, Callable[[], None]]:
+    """One step of each loop on ``pair``'s networks (each with its own optimizer state)."""
+    pyro.clear_param_store()
+    svi = SVI(pair.model, pair.guide, JointAdam(1e-3), Trace_ELBO())
+    params = [*pair.encoder.parameters(), *pair.decoder.parameters()]
+    optim = torch.optim.Adam(params, lr=1e-3, fused=True)
+
+    def pyrovae_step() -> None:
+        with pyro.validation_enabled(False):
+            svi.step(x)
+
+    def plain_step() -> None:
+        loss = -elbo(pair.encoder, pair.decoder, x).sum()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+        loss.item()
+
+    return {"pyrovae": pyrovae_step, "plain": plain_step}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=7, help="timed blocks per loop, taken in turn")
+    p.add_argument("--steps", type=int, default=500, help="steps per block")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    pair = VAE(z_dim=2, hidden=[4])
+    x = torch.bernoulli(torch.full((2, 1, 28, 28), 0.3))
+    loops = steps(pair, x)
+    for step in loops.values():  # warm-up: optimizer state, first-call costs
+        for _ in range(50):
+            step()
+    ms: dict[str, list[float]] = {name: [] for name in loops}
+    for _ in range(args.reps):
+        for name, step in loops.items():
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            ms[name].append((time.perf_counter() - t0) / args.steps * 1e3)
+    median = {name: statistics.median(v) for name, v in ms.items()}
+    extra = median["pyrovae"] - median["plain"]
+    lines = ["| step | ms per step (median) | min-max |", "|---|---|---|"]
+    lines += [f"| {name} | {median[name]:.2f} | {min(v):.2f}-{max(v):.2f} |" for name, v in ms.items()]
+    summary = f"Pyro's bookkeeping: {extra:.2f} ms per step ({median['pyrovae'] / median['plain']:.1f}x the hand-written step)"
+    print("\n".join(lines) + "\n\n" + summary)
+    info = describe()
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "step_overhead.json").write_text(json.dumps(
+        {**info, "config": {"reps": args.reps, "steps": args.steps, "z_dim": 2, "hidden": [4], "batch": 2,
+                            "torch_threads": 1}, "ms_per_step": ms, "median": median, "extra_ms": extra},
+        indent=2) + "\n")
+    (RESULTS / "step_overhead.md").write_text(
+        f"# Python cost of one SVI step\n\nCommand: `{info['command']}`  \nDate: {info['date']}; torch "
+        f"{info['versions']['torch']}, pyro {info['versions']['pyro']}; {info['machine']['cpu']}, 1 torch thread  \n"
+        f"The VAE pair with z_dim 2, one hidden layer of 4 units, batch of 2 images; {args.reps} blocks of "
+        f"{args.steps} steps per loop, taken in turn.\n\n" + "\n".join(lines) + f"\n\n{summary}.\n")
+    print(f"wrote {RESULTS / 'step_overhead.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
