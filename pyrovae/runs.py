@@ -35,7 +35,7 @@ __all__ = [
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
 # configuration keys a resumed run may change: how long to train, and where
-MAY_CHANGE_ON_RESUME = frozenset({"epochs", "device", "data_root"})
+MAY_CHANGE_ON_RESUME = frozenset({"epochs", "device", "data_root", "processes"})  # any number of processes resumes
 _MODULE_DIVIDER = "$$$"  # how pyro.module names a network's parameters in the param store
 
 

@@ -169,7 +169,7 @@ def train(
         "dataset": data.name, "data_root": data.root,
         "train_size": len(data.train), "test_size": len(data.test),
         "elbo": elbo, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "epochs": epochs, "device": str(dev),
+        "epochs": epochs, "device": str(dev), "processes": 1 if group is None else group.world,
     }))
     out = Path(out) if out is not None else None
     if out is None:

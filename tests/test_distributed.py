@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import socket
 from pathlib import Path
@@ -171,11 +172,13 @@ def test_two_processes_match_one_with_the_same_global_batch_and_resume_in_one(tw
     assert abs(zero["metrics"][-1]["test_elbo"] - one.metrics[-1]["test_elbo"]) < TOLERANCE
     assert zero["metrics"][-1]["test_elbo"] > zero["metrics"][0]["test_elbo"]
     # the checkpoint of the 2-process run goes on in one process
+    assert json.loads((tmp / "two" / "config.json").read_text())["processes"] == 2
     pyro.clear_param_store()
     pyro.set_rng_seed(123)
     resumed = train(OffsetVAE(z_dim=4, hidden=32), data, seed=0, out=tmp / "two", resume=True, **{**RUN, "epochs": 3})
     assert [r["epoch"] for r in resumed.metrics] == [1, 2, 3]
     assert resumed.metrics[:2] == zero["metrics"]
+    assert resumed.config["processes"] == 1  # the config records the run as it goes on
 
 
 def test_the_command_line_on_two_ranks_writes_one_run_that_resumes_in_one_process(two_ranks, capsys):

@@ -42,6 +42,7 @@ def test_run_directory_holds_config_metrics_checkpoint_and_images(tmp_path, data
     assert all(r["test_elbo"] < 0 for r in records)
     config = json.loads((tmp_path / "run" / "config.json").read_text())
     assert config["model"] == "vae" and config["model_args"]["z_dim"] == 4 and config["elbo"] == "trace"
+    assert config["processes"] == 1
     loaded = load_run(tmp_path / "run")
     for name, value in run.pair.state_dict().items():
         assert torch.equal(loaded.pair.state_dict()[name], value)
