@@ -88,7 +88,7 @@ def mean_elbo(pair: nn.Module, split: Split, estimator: ELBO, batch_size: int = 
     with torch.no_grad():  # Pyro's ELBO.loss would otherwise record every batch for a backward pass
         for i, (x, y) in enumerate(batches(split, batch_size)):
             # Pyro's argument and shape checks on the first batch only, as the trainer does for
-            # each epoch's first step: on later batches they cost a fifth of the pass
+            # each epoch's first step: the later batches come from the same data and pair
             with pyro.validation_enabled(validate and i == 0):
                 total += (estimator.loss(pair.model, pair.guide, x, y) if uses_labels
                           else estimator.loss(pair.model, pair.guide, x))
