@@ -9,6 +9,8 @@ in one process, so that a busy machine slows all of them alike:
 - ``pyrovae``: :func:`pyrovae.train`, the function behind ``pyrovae train vae``, with the
   default estimator (``trace``; others with ``--elbos``), continued epoch by epoch with
   ``resume=True`` (the epoch's seconds come from the run's metrics, as the CLI records them);
+  as each epoch is a new call, a JIT estimator (``jit-trace``) compiles and warms up again
+  in every timed epoch, which a run of many epochs does once;
 - ``plain``: the loop of ``benchmarks/plain_vae.py`` with ``torch.optim.Adam``'s defaults,
   what one writes by hand;
 - ``plain+fused``: the same loop with PyTorch's fused Adam kernel, which pyrovae's
