@@ -21,7 +21,7 @@ GMVAE each seed and the mean. Published anchors: ClusterGAN 0.61 on Fashion-MNIS
 
 Run from the repository root (about 10 minutes on one core with the defaults, 3 seeds)::
 
-    OMP_NUM_THREADS=1 python benchmarks/gmvae_clustering.py [--epochs 15] [--seeds 0 1 2] [--z-dim Z] [--train-size N]
+    OMP_NUM_THREADS=1 python benchmarks/gmvae_clustering.py [--epochs 15] [--seeds 0 1 2] [--z-dim Z] [--hidden H ...] [--train-size N]
 
 Writes ``benchmarks/results/gmvae_clustering.md``, ``.json`` and
 ``gmvae_clustering_components.png`` (samples, one row per component, of the first seed's GMVAE).
@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     gmvae_defaults = {k: v.default for k, v in inspect.signature(GMVAE).parameters.items()}
     parser.add_argument("--z-dim", type=int, default=gmvae_defaults["z_dim"],
                         help="latent dimensions of the GMVAE and of the reference VAEs (default: the GMVAE's)")
+    parser.add_argument("--hidden", type=int, nargs="+", default=list(gmvae_defaults["hidden"]),
+                        help="encoder hidden sizes of the GMVAE and of the reference VAEs, the decoders mirroring "
+                        "them, e.g. 500 500 2000 as VaDE (default: the GMVAE's)")
     parser.add_argument("--train-size", type=int, default=None, help="first N training images (default all 60000)")
     parser.add_argument("--test-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -133,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     data = pyrovae.load_dataset("fashion-mnist", train_size=args.train_size, test_size=args.test_size)
     k = len(data.classes) if getattr(data, "classes", None) else 10
     # the reference VAEs get the GMVAE's networks: its hidden sizes and the same latent size
-    z_dim, hidden = args.z_dim, list(gmvae_defaults["hidden"])
+    z_dim, hidden = args.z_dim, args.hidden
     train_x, test_x, test_y = data.train.x, data.test.x, data.test.y.long()
     flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
     rows: list[dict] = []
@@ -172,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
                        "--seed", str(seed), "--out", f"{tmp}/gmvae-{seed}", "--quiet", *shlex.split(args.gmvae_options)]
             if args.z_dim != gmvae_defaults["z_dim"]:
                 command += ["--arg", f"z_dim={args.z_dim}"]
+            if args.hidden != list(gmvae_defaults["hidden"]):
+                command += ["--arg", f"hidden={json.dumps(args.hidden, separators=(',', ':'))}"]
             if args.train_size:
                 command += ["--train-size", str(args.train_size)]
             if args.test_size:
