@@ -3,20 +3,25 @@ fraction of the machine's matmul floor that each reaches.
 
 Question: what does writing the VAE as a Pyro model/guide pair cost per epoch? The
 loops train the default VAE (784-400-50, Bernoulli, batch 256, Adam 1e-3) on all of
-Fashion-MNIST, one epoch each in turn, ``--reps`` times after one warm-up epoch each,
-in one process, so that a busy machine slows all of them alike:
+Fashion-MNIST in one process, taking turns epoch by epoch, so that a busy machine slows
+all of them alike:
 
 - ``pyrovae``: :func:`pyrovae.train`, the function behind ``pyrovae train vae``, with the
-  default estimator (``trace``; others with ``--elbos``), continued epoch by epoch with
-  ``resume=True`` (the epoch's seconds come from the run's metrics, as the CLI records them);
-  as each epoch is a new call, a JIT estimator (``jit-trace``) compiles and warms up again
-  in every timed epoch, which a run of many epochs does once;
+  default estimator (``trace``; others with ``--elbos``), one call of ``--reps`` + 1 epochs
+  per estimator, as a user's run is (a JIT estimator such as ``jit-trace`` compiles and
+  warms up once, in the untimed first epoch); the epoch's seconds come from the run's
+  metrics, as the CLI records them;
 - ``plain``: the loop of ``benchmarks/plain_vae.py`` with ``torch.optim.Adam``'s defaults,
   what one writes by hand;
 - ``plain+fused``: the same loop with PyTorch's fused Adam kernel, which pyrovae's
   trainer uses (:class:`pyrovae.optim.JointAdam`), so the remaining difference is Pyro's;
 - ``plain+fused+compiled`` (with ``--compiled``): that loop with both networks under
   ``torch.compile``, to see whether compiling the networks would pay.
+
+The plain loops' epochs run from a :class:`pyrovae.Callback` after each pyrovae epoch,
+one of each, so every pyrovae epoch has plain epochs beside it (the first epoch of each
+estimator's block, and the plain epochs beside it, are warm-up and not timed). The
+per-rep ratio of an estimator is its epoch over the plain epoch that followed it.
 
 Each epoch includes the test-ELBO pass over the 10,000 test images. The matmul floor is
 the matmul FLOPs of an epoch (``benchmarks/machine.py``) at the GFLOP/s this machine
@@ -38,7 +43,6 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -54,18 +58,30 @@ from pyrovae.models import VAE  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def pyrovae_epochs(data: pyrovae.Dataset, elbo: str, seed: int, device: str, out: Path) -> Callable[[], dict]:
-    """One more epoch of a pyrovae run per call."""
-    done = 0
+class PlainAlongside(pyrovae.Callback):
+    """After each epoch of a pyrovae run, one epoch of each plain loop; keeps the seconds of
+    all but the first (warm-up) epoch, the pyrovae run's under ``name``."""
 
-    def step() -> dict[str, Any]:
-        nonlocal done
-        done += 1
-        pyro.set_rng_seed(seed)
-        run = pyrovae.train(VAE(), data, epochs=done, elbo=elbo, seed=seed, device=device, out=out,
-                            resume=done > 1, quiet=True)
-        return run.metrics[-1]
-    return step
+    def __init__(self, name: str, plain: dict[str, Callable[[], dict]], seconds: dict[str, list[float]],
+                 elbos: dict[str, float]) -> None:
+        self.name, self.plain, self.seconds, self.elbos = name, plain, seconds, elbos
+        self.paired: list[float] = []  # the plain loop's seconds beside each timed pyrovae epoch
+
+    def on_epoch(self, record: dict[str, Any]) -> None:
+        timed = record["epoch"] > 1
+        self.elbos[self.name] = record["test_elbo"]
+        if timed:
+            self.seconds[self.name].append(record["seconds"])
+        for name, epoch in self.plain.items():
+            plain = epoch()
+            self.elbos[name] = plain["test_elbo"]
+            if timed:
+                self.seconds[name].append(plain["seconds"])
+                if name == "plain":
+                    self.paired.append(plain["seconds"])
+        if timed:
+            print(f"{self.name} epoch {record['epoch'] - 1}: " + ", ".join(
+                f"{n} {self.seconds[n][-1]:.2f} s" for n in [self.name, *self.plain]), flush=True)
 
 
 def paired_ratios(mine: list[float], plain: list[float]) -> dict[str, Any]:
@@ -81,7 +97,7 @@ def paired_ratios(mine: list[float], plain: list[float]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5, help="timed epochs per loop, after one warm-up epoch")
+    p.add_argument("--reps", type=int, default=5, help="timed epochs per estimator (each followed by one of each plain loop), after one warm-up epoch")
     p.add_argument("--elbos", default="trace", help="comma-separated pyrovae estimators to time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(T)")
@@ -102,29 +118,27 @@ def main(argv: list[str] | None = None) -> int:
           f"GFLOP of matmuls (train + test), a floor of {floor:.2f} s; at the VAE's shapes they take "
           f"{shaped:.2f} s", flush=True)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        loops: dict[str, Callable[[], dict]] = {
-            f"pyrovae {e}": pyrovae_epochs(data, e, args.seed, args.device, Path(tmp) / e)
-            for e in args.elbos.split(",")
-        }
-        loops["plain"] = PlainVAE(data, args.seed, device=args.device).epoch
-        loops["plain+fused"] = PlainVAE(data, args.seed, fused_adam=True, device=args.device).epoch
-        if args.compiled:
-            loops["plain+fused+compiled"] = PlainVAE(data, args.seed, fused_adam=True, device=args.device,
-                                                     compiled=True).epoch
-        seconds: dict[str, list[float]] = {name: [] for name in loops}
-        elbos: dict[str, float] = {}
-        for rep in range(args.reps + 1):
-            for name, epoch in loops.items():
-                record = epoch()
-                if rep:
-                    seconds[name].append(record["seconds"])
-                elbos[name] = record["test_elbo"]
-            if rep:
-                print(f"rep {rep}: " + ", ".join(f"{n} {s[-1]:.2f} s" for n, s in seconds.items()), flush=True)
+    plain: dict[str, Callable[[], dict]] = {
+        "plain": PlainVAE(data, args.seed, device=args.device).epoch,
+        "plain+fused": PlainVAE(data, args.seed, fused_adam=True, device=args.device).epoch,
+    }
+    if args.compiled:
+        plain["plain+fused+compiled"] = PlainVAE(data, args.seed, fused_adam=True, device=args.device,
+                                                 compiled=True).epoch
+    names = [f"pyrovae {e}" for e in args.elbos.split(",")]
+    seconds: dict[str, list[float]] = {name: [] for name in [*names, *plain]}
+    elbos: dict[str, float] = {}
+    paired: dict[str, dict[str, Any]] = {}
+    for name in names:
+        alongside = PlainAlongside(name, plain, seconds, elbos)
+        pyro.set_rng_seed(args.seed)
+        pyrovae.train(VAE(), data, epochs=args.reps + 1, elbo=name.split()[1], seed=args.seed,
+                      device=args.device, quiet=True, callbacks=[alongside])
+        paired[name] = paired_ratios(seconds[name], alongside.paired)
+    loops = [*names, *plain]
 
     median = {name: statistics.median(s) for name, s in seconds.items()}
-    first = next(iter(loops))
+    first = names[0]
     rows = [{"loop": name, "median_seconds": median[name], "min_seconds": min(seconds[name]),
              "max_seconds": max(seconds[name]), "vs_plain": median[name] / median["plain"],
              "vs_plain_fused": median[name] / median["plain+fused"], "floor_fraction": floor / median[name],
@@ -136,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{r['vs_plain']:.2f} | {r['vs_plain_fused']:.2f} | {r['floor_fraction']:.0%} | "
               f"{r['shaped_floor_fraction']:.0%} |" for r in rows]
     print("\n" + "\n".join(lines))
-    paired = paired_ratios(seconds[first], seconds["plain"])
-    print(f"\n{first} / plain = {median[first] / median['plain']:.2f} (ratio of medians); per rep, "
-          f"{paired['summary']}; floor {floor:.2f} s/epoch at {gflops:.0f} GFLOP/s")
+    print(f"\n{first} / plain = {median[first] / median['plain']:.2f} (ratio of medians); floor "
+          f"{floor:.2f} s/epoch at {gflops:.0f} GFLOP/s")
+    for name in names:
+        print(f"{name} against the plain epoch beside it: {paired[name]['summary']}")
 
     info = describe()
     suffix = "" if args.device == "cpu" else "_" + args.device.replace(":", "")
@@ -147,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
                                  "z_dim": Z_DIM, "hidden": HIDDEN},
               "matmul_gflops": gflops, "epoch_matmul_gflop": {k: v / 1e9 for k, v in flops.items()},
               "floor_seconds": floor, "same_shape_matmul_seconds": shaped, "loops": rows,
-              "paired_vs_plain": {"loop": first, **paired}}
+              "paired_vs_plain": paired}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"epoch_time{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     m = info["machine"]
@@ -157,12 +172,13 @@ def main(argv: list[str] | None = None) -> int:
         f"{m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads){', ' + m['gpu'] if m['gpu'] else ''}, "
         f"device {args.device}  \n"
         f"Default VAE (784-400-50, Bernoulli, batch 256) on {len(data.train)} training images, test ELBO on "
-        f"{len(data.test)}; {args.reps} timed epochs per loop after one warm-up, taken in turn.  \n"
+        f"{len(data.test)}; {args.reps} timed epochs per estimator after one warm-up (one `pyrovae.train` call "
+        f"each), each followed by one epoch of each plain loop.  \n"
         f"Matmul: {gflops:.0f} GFLOP/s (2048 x 2048 float32); an epoch holds "
         f"{(flops['train'] + flops['test']) / 1e9:.0f} GFLOP of matmuls, a floor of {floor:.2f} s; "
         f"run alone at the VAE's shapes, the same matmuls take {shaped:.2f} s.\n\n"
-        + "\n".join(lines) + f"\n\n{first} against plain, epoch by epoch (the two run back to back in "
-        f"each rep): {paired['summary']}.\n")
+        + "\n".join(lines) + "\n\nEach estimator against the plain epoch run right after each of its "
+        "epochs:\n\n" + "".join(f"- {name}: {paired[name]['summary']}\n" for name in names))
     print(f"wrote {RESULTS / f'epoch_time{suffix}.md'}")
     return 0
 
