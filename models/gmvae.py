@@ -6,23 +6,28 @@ Generative model (K components, fixed uniform mixing weights)::
     z | y ~ Normal(mu_y, diag(sigma_y)^2)        (learned means and scales per component)
     x | z ~ p(x | decoder(z))                    (the chosen likelihood, independent pixels)
 
-Guide (amortized), as in VaDE (Jiang et al., 2017)::
+Guide (amortized)::
 
-    z | x ~ Normal(loc(x), diag(scale(x))^2)     (an encoder, as in the plain VAE)
-    y | z ~ Categorical(p(y | z))                (the model's own posterior over the component)
+    y | x ~ Categorical(q(y | x))                (a classifier on the encoder's hidden layer)
+    z | x, y ~ Normal(loc(x) + shift_y, diag(scale(x))^2)
 
-``q(y | x, z) = p(y | z) = N(z; mu_y, sigma_y) / sum_k N(z; mu_k, sigma_k)`` is the best
-possible factor for ``y`` given ``z``, so it needs no network of its own. The guide's ``y``
-is marked ``infer={"enumerate": "parallel"}``; under ``TraceEnum_ELBO`` (the pair's
-``default_elbo``) the ELBO is summed over the K values of ``y`` exactly, for one draw of
-``z`` (the decoder runs once per example, not once per component):
+The encoder's hidden layer ``h(x)`` feeds three heads: ``loc`` and ``scale`` as in the
+plain VAE, and the classifier's logits ``log p(y | z = loc(x)) + W h(x) + b``: the
+mixture's own posterior at the code's mean, plus a linear head. ``W``, ``b`` and the
+per-component shifts ``shift_y`` of the code's mean start at zero, so when the mixture
+starts (see pretraining) the guide is the plain encoder with ``q(y | x) = p(y | loc(x))``,
+the assignment the k-means start gives; a classifier from random weights would instead
+start every example at a nearly uniform ``q(y | x)``. The guide's ``y`` is marked
+``infer={"enumerate": "parallel"}``; under ``TraceEnum_ELBO`` (the pair's ``default_elbo``)
+the ELBO is summed over the K values of ``y`` exactly, with one draw ``z_k`` of
+``q(z | x, k)`` per component (the decoder runs K times per example):
 
 .. math::
 
-    \\mathcal{L}(x) = \\mathbb{E}_{q(z \\mid x)} \\Big[ \\log p(x \\mid z) - \\log q(z \\mid x)
-        + \\sum_{k=1}^K p(k \\mid z) \\big(\\log p(z \\mid k) + \\log p(k) - \\log p(k \\mid z)\\big) \\Big],
+    \\mathcal{L}(x) = \\sum_{k=1}^K q(k \\mid x) \\Big( \\mathbb{E}_{q(z \\mid x, k)} \\big[
+        \\log p(x \\mid z) + \\log p(z \\mid k) - \\log q(z \\mid x, k) \\big]
+        + \\log p(k) - \\log q(k \\mid x) \\Big).
 
-which is the ELBO of a VAE whose prior is the mixture ``sum_k p(k) N(z; mu_k, sigma_k)``.
 Any other estimator (``TraceGraph_ELBO``: score-function gradients for ``y``) ignores the
 mark and samples ``y``, so the two can be compared on the same pair
 (``pyrovae compare gmvae --elbos enum,graph --pretrain-examples 0``).
@@ -39,11 +44,12 @@ mean posterior variance) its scales; from then on it trains the mixture ELBO abo
 pair counts examples with a hook on one decoder parameter, so a step counts when its
 gradient is taken (whatever the estimator; evaluation under ``no_grad`` does not count), and
 the count, the kept codes and the switch are buffers, so checkpoints carry them and a
-resumed run switches at the same step as one that never stopped.
+resumed run switches at the same step as one that never stopped. While pretraining the
+guide's classifier and shifts are unused and stay at zero.
 
 The mixing weights are fixed uniform, which keeps components from starving (a learned
-``pi`` lets a few components win early and the rest die). Clustering uses
-``argmax_k p(k | loc(x))`` (:meth:`GMVAE.cluster`). See Dilokthanakul et al. (2016, "Deep
+``pi`` lets a few components win early and the rest die). Clustering uses the
+guide's classifier, ``argmax_k q(k | x)`` (:meth:`GMVAE.cluster`). See Dilokthanakul et al. (2016, "Deep
 Unsupervised Clustering with Gaussian Mixture Variational Autoencoders") and Jiang et al.
 (2017, "Variational Deep Embedding", VaDE).
 """
@@ -66,7 +72,7 @@ from pyrovae.likelihoods import make_likelihood
 from pyrovae.nets import MIN_SCALE, Decoder, Encoder
 from pyrovae.pairs import register
 
-__all__ = ["GMVAE", "MixturePrior"]
+__all__ = ["GMVAE", "MixturePrior", "ComponentHeads"]
 
 # log p(k | z) is kept above this: a component far from z would otherwise get probabilities
 # near 1e-40, whose denormal arithmetic made late epochs several times slower on x86 CPUs
@@ -113,6 +119,19 @@ class MixturePrior(nn.Module):
         std = (var.sqrt() - MIN_SCALE).clamp(min=1e-3)
         self.loc.copy_(centers)
         self.raw_scale.copy_(std + torch.log(-torch.expm1(-std)))  # inverse softplus
+
+
+class ComponentHeads(nn.Module):
+    """The guide's parts for ``y``: a linear classifier head on the encoder's hidden layer
+    (``features`` wide) and per-component shifts of ``q(z | x, y)``'s mean, (K, z_dim). Both
+    start at zero, so that the guide starts as the plain encoder with ``q(y | x) = p(y | loc(x))``."""
+
+    def __init__(self, features: int, k: int, z_dim: int) -> None:
+        super().__init__()
+        self.classifier = nn.Linear(features, k)
+        nn.init.zeros_(self.classifier.weight)
+        nn.init.zeros_(self.classifier.bias)
+        self.shift = nn.Parameter(torch.zeros(k, z_dim))
 
 
 @register("gmvae")
@@ -162,6 +181,7 @@ class GMVAE(nn.Module):
         self.prior = MixturePrior(k, z_dim, init_spread)
         self.encoder = Encoder(self.x_shape, hidden, z_dim)
         self.decoder = Decoder(z_dim, list(reversed(hidden)), self.x_shape)
+        self.heads = ComponentHeads(hidden[-1], k, z_dim)
         self.likelihood = make_likelihood(likelihood)
         # training state, saved in checkpoints: examples trained on, the last codes, the switch
         self.register_buffer("examples_seen", torch.zeros((), dtype=torch.long))
@@ -193,12 +213,16 @@ class GMVAE(nn.Module):
         if training and not self.mixture_on and self.examples_seen >= self.pretrain_examples:
             self.init_mixture()
         with pyro.plate("data", x.shape[0]):
-            loc, scale = self.encoder(x)
-            z = pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+            h = self.encoder.features(x)
+            loc, scale = self.encoder.code(h)
+            z_loc = loc
             if self.mixture_on:
                 pyro.module("prior", self.prior)
-                pyro.sample("y", dist.Categorical(logits=self.prior.log_posterior(z)),
-                            infer={"enumerate": "parallel"})
+                pyro.module("heads", self.heads)
+                c = pyro.sample("y", dist.Categorical(logits=self._logits(h, loc)),
+                                infer={"enumerate": "parallel"})
+                z_loc = loc + self.heads.shift[c]  # (K, batch, z_dim) when y is enumerated
+            pyro.sample("z", dist.Normal(z_loc, scale).to_event(1))
         if training:  # committed by _count_step when this step's gradient arrives
             codes = None if self.mixture_on else torch.cat([loc, scale], -1).detach().reshape(-1, 2 * self.z_dim)
             self._pending = (x.shape[0], codes)
@@ -231,13 +255,17 @@ class GMVAE(nn.Module):
 
     # --- clustering and images -----------------------------------------------------------------
 
+    def _logits(self, h: torch.Tensor, loc: torch.Tensor) -> torch.Tensor:
+        return self.prior.log_posterior(loc) + self.heads.classifier(h)
+
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        """``log p(y | z)`` at the encoder's mean of ``z`` given ``x``, shape (*batch, K)."""
-        return self.prior.log_posterior(self.encoder(x)[0])
+        """The guide's ``log q(y | x)`` up to a constant per input, shape (*batch, K)."""
+        h = self.encoder.features(x)
+        return self._logits(h, self.encoder.code(h)[0])
 
     @torch.no_grad()
     def cluster(self, x: torch.Tensor) -> torch.Tensor:
-        """The most probable component for each input, ``argmax_k p(k | loc(x))``, shape (batch,)."""
+        """The most probable component for each input, ``argmax_k q(k | x)``, shape (batch,)."""
         return self.logits(x).argmax(-1)
 
     def _device(self) -> torch.device:

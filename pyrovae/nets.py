@@ -52,10 +52,18 @@ class Encoder(nn.Module):
     def forward(
         self, x: torch.Tensor, extra: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.code(self.features(x, extra))
+
+    def features(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden layer's activations, shape ``(..., hidden[-1])``, for a head of one's own."""
         h = x.reshape(*x.shape[: x.dim() - len(self.x_shape)], -1)
         if extra is not None:
             h = torch.cat([h, extra], dim=-1)
-        loc, raw_scale = self.head(F.relu(self.body(h))).split(self.z_dim, dim=-1)
+        return F.relu(self.body(h))
+
+    def code(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``loc`` and ``scale`` from :meth:`features`."""
+        loc, raw_scale = self.head(features).split(self.z_dim, dim=-1)
         return loc, F.softplus(raw_scale) + MIN_SCALE
 
 

@@ -65,37 +65,39 @@ def test_registry_names_the_pair():
 
 
 def test_enumerated_loss_equals_the_hand_summed_expectation_over_y():
-    """TraceEnum_ELBO draws one z from q(z | x) and sums y out with weights q(k | z) = p(k | z).
-    With the same draw (same seed, no plate-guessing pass) the loss must equal
-    -sum_x [log p(x|z) - log q(z|x) + sum_k q(k|z) (log p(z|k) + log p(k) - log q(k|z))]."""
+    """TraceEnum_ELBO sums y out of the guide q(y | x) q(z | x, y) with one draw z_k per
+    component. With the same draws (same seed, no plate-guessing pass) the loss must equal
+    -sum_x sum_k q(k|x) [log p(x|z_k) + log p(z_k|k) - log q(z_k|x,k) + log p(k) - log q(k|x)]."""
     K, B = 3, 5
     pyro.set_rng_seed(0)
     pair = GMVAE(k=K, z_dim=2, hidden=[6], x_shape=(4,), pretrain_examples=0).double()
+    with torch.no_grad():  # the classifier head and shifts start at zero; make them count
+        for param in pair.heads.parameters():
+            param.normal_()
     x = torch.rand(B, 4, dtype=torch.float64).bernoulli()
 
     pyro.set_rng_seed(7)
     loss = TraceEnum_ELBO(max_plate_nesting=1).loss(pair.model, pair.guide, x)
 
-    pyro.set_rng_seed(7)  # replay the guide's draw of z, shape (B, z_dim): one for all components
+    pyro.set_rng_seed(7)  # replay the guide's draws of z, shape (K, B, z_dim): one per component
     enumerated_guide = poutine.enum(pair.guide, first_available_dim=-2)
     z = poutine.trace(enumerated_guide).get_trace(x).nodes["z"]["value"]
-    assert z.shape == (B, 2)
+    assert z.shape == (K, B, 2)
 
     with torch.no_grad():
-        q_loc, q_scale = pair.encoder(x)
-        log_p_x = torch.distributions.Bernoulli(logits=pair.decoder(z)).log_prob(x).sum(-1)
-        log_q_z = torch.distributions.Normal(q_loc, q_scale).log_prob(z).sum(-1)
-        total = log_p_x - log_q_z
-        log_q_y = torch.log_softmax(pair.prior.log_posterior(z), -1)  # (B, K)
+        h = pair.encoder.features(x)
+        q_loc, q_scale = pair.encoder.code(h)
+        log_q_y = torch.log_softmax(pair.prior.log_posterior(q_loc) + pair.heads.classifier(h), -1)  # (B, K)
+        assert torch.allclose(log_q_y, torch.log_softmax(pair.logits(x), -1))
+        log_p_y = -torch.log(torch.tensor(float(K), dtype=torch.float64))
+        total = torch.zeros(B, dtype=torch.float64)
         for k in range(K):
+            z_k = z[k]
+            log_p_x = torch.distributions.Bernoulli(logits=pair.decoder(z_k)).log_prob(x).sum(-1)
             p_loc, p_scale = pair.prior(torch.full((B,), k))
-            log_p_z = torch.distributions.Normal(p_loc, p_scale).log_prob(z).sum(-1)
-            log_p_y = -torch.log(torch.tensor(float(K), dtype=torch.float64))
-            total += log_q_y[:, k].exp() * (log_p_z + log_p_y - log_q_y[:, k])
-        # q(k | z) is the mixture's posterior: the y-part is log sum_k p(k) p(z | k)
-        mixture = torch.logsumexp(torch.stack([torch.distributions.Normal(*pair.prior(torch.full((B,), k)))
-                                               .log_prob(z).sum(-1) for k in range(K)]), 0) - torch.log(torch.tensor(float(K)))
-        assert torch.allclose(total, log_p_x - log_q_z + mixture)
+            log_p_z = torch.distributions.Normal(p_loc, p_scale).log_prob(z_k).sum(-1)
+            log_q_z = torch.distributions.Normal(q_loc + pair.heads.shift[k], q_scale).log_prob(z_k).sum(-1)
+            total += log_q_y[:, k].exp() * (log_p_x + log_p_z - log_q_z + log_p_y - log_q_y[:, k])
     assert loss == pytest.approx(-total.sum().item(), rel=1e-12, abs=1e-10)
 
 
