@@ -30,6 +30,7 @@ __all__ = [
     "read_metrics",
     "save_checkpoint",
     "load_checkpoint",
+    "load_pair_state",
     "load_run",
 ]
 
@@ -141,12 +142,28 @@ def load_checkpoint(out: Path, map_location: str | torch.device = "cpu") -> dict
         raise PyrovaeError(f"cannot read {path}: {err}") from err
 
 
+def load_pair_state(pair: nn.Module, state: dict[str, Any], out: Path) -> None:
+    """Load a checkpoint's ``pair`` state into ``pair``; a :class:`PyrovaeError` naming the
+    missing and unexpected entries when they do not fit (a checkpoint written by another
+    version of the pair)."""
+    mine, theirs = set(pair.state_dict()), set(state)
+    missing, unexpected = sorted(mine - theirs), sorted(theirs - mine)
+    try:
+        pair.load_state_dict(state)
+    except RuntimeError as err:
+        what = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
+                                           f"unexpected {', '.join(unexpected)}" if unexpected else "") if part)
+        raise PyrovaeError(f"the checkpoint in {out} does not fit {type(pair).__name__} as it is now "
+                           f"({what or err}); it was written by another version of the pair: train it "
+                           "again, or load it with the pyrovae that wrote it") from err
+
+
 def load_run(out: str | Path, device: str | torch.device = "cpu") -> Run:
     """Rebuild the trained pair of a run directory from its last checkpoint."""
     out = Path(out)
     ckpt = load_checkpoint(out, map_location=device)
     config = ckpt["config"]
     pair = build(config["model"], config["model_args"])
-    pair.load_state_dict(ckpt["pair"])
+    load_pair_state(pair, ckpt["pair"], out)
     pair.to(device).eval()
     return Run(pair, config, read_metrics(out, ckpt["epoch"]), out, ckpt["params"])

@@ -193,7 +193,7 @@ def train(
         pyro.set_rng_seed(seed)
     else:
         start, store = ckpt["epoch"], ckpt["params"]
-        pair.load_state_dict(ckpt["pair"])
+        runs.load_pair_state(pair, ckpt["pair"], out)
         optim.set_state(ckpt["optim"])
         _set_rng_state(ckpt["rng"])
     quiet = quiet or (group is not None and not group.is_main)

@@ -72,6 +72,19 @@ def test_resume_continues_to_more_epochs(tmp_path, data):
     assert [r["epoch"] for r in run.metrics] == [1, 2, 3, 4]
 
 
+def test_a_checkpoint_of_another_version_of_the_pair_is_refused_by_name(tmp_path, data):
+    """A checkpoint whose pair state lacks an entry the pair now has (written before the pair
+    gained a network) fails to load and to resume with a message naming the entry."""
+    train(_pair(), data, out=tmp_path / "old", **{**SMALL, "epochs": 1})
+    ckpt = load_checkpoint(tmp_path / "old")
+    del ckpt["pair"]["decoder.net.0.bias"]
+    torch.save(ckpt, tmp_path / "old" / "checkpoint.pt")
+    with pytest.raises(PyrovaeError, match=r"missing decoder\.net\.0\.bias.*another version of the pair"):
+        load_run(tmp_path / "old")
+    with pytest.raises(PyrovaeError, match=r"does not fit VAE"):
+        train(_pair(), data, out=tmp_path / "old", resume=True, **SMALL)
+
+
 def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data):
     # epoch 1 calls the model 6 times (steps) + 1 (test ELBO): the 9th call is epoch 2, step 2
     pair = _pair(PoisonedVAE, poison_at=9, z_dim=4, hidden=[16])
