@@ -155,7 +155,7 @@ class GMVAE(nn.Module):
     def __init__(
         self,
         k: int = 10,
-        z_dim: int = 10,
+        z_dim: int = 20,
         hidden: Sequence[int] = (500,),
         likelihood: str = "bernoulli",
         x_shape: Sequence[int] = (1, 28, 28),
