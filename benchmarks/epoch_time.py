@@ -97,7 +97,8 @@ def paired_ratios(mine: list[float], plain: list[float]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--reps", type=int, default=5, help="timed epochs per estimator (each followed by one of each plain loop), after one warm-up epoch")
+    p.add_argument("--reps", type=int, default=5,
+                   help="timed epochs per estimator, each followed by one of each plain loop, after one warm-up epoch")
     p.add_argument("--elbos", default="trace", help="comma-separated pyrovae estimators to time")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads(T)")

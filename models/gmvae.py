@@ -48,10 +48,10 @@ resumed run switches at the same step as one that never stopped. While pretraini
 guide's classifier and shifts are unused and stay at zero.
 
 The mixing weights are fixed uniform, which keeps components from starving (a learned
-``pi`` lets a few components win early and the rest die). Clustering uses the
-guide's classifier, ``argmax_k q(k | x)`` (:meth:`GMVAE.cluster`). See Dilokthanakul et al. (2016, "Deep
-Unsupervised Clustering with Gaussian Mixture Variational Autoencoders") and Jiang et al.
-(2017, "Variational Deep Embedding", VaDE).
+``pi`` lets a few components win early and the rest die). Clustering uses the guide's
+classifier, ``argmax_k q(k | x)`` (:meth:`GMVAE.cluster`). See Dilokthanakul et al. (2016,
+"Deep Unsupervised Clustering with Gaussian Mixture Variational Autoencoders") and Jiang
+et al. (2017, "Variational Deep Embedding", VaDE).
 """
 
 from __future__ import annotations

@@ -146,11 +146,11 @@ def load_pair_state(pair: nn.Module, state: dict[str, Any], out: Path) -> None:
     """Load a checkpoint's ``pair`` state into ``pair``; a :class:`PyrovaeError` naming the
     missing and unexpected entries when they do not fit (a checkpoint written by another
     version of the pair)."""
-    mine, theirs = set(pair.state_dict()), set(state)
-    missing, unexpected = sorted(mine - theirs), sorted(theirs - mine)
     try:
         pair.load_state_dict(state)
     except RuntimeError as err:
+        mine, theirs = set(pair.state_dict()), set(state)
+        missing, unexpected = sorted(mine - theirs), sorted(theirs - mine)
         what = "; ".join(part for part in (f"missing {', '.join(missing)}" if missing else "",
                                            f"unexpected {', '.join(unexpected)}" if unexpected else "") if part)
         raise PyrovaeError(f"the checkpoint in {out} does not fit {type(pair).__name__} as it is now "
