@@ -70,3 +70,16 @@ def test_shuffled_batches_visit_every_example_once_with_its_label():
     assert sorted(ys.tolist()) == list(range(10)) and ys.tolist() != list(range(10))
     for x, y in seen:
         assert torch.equal(x.flatten().long(), y)
+
+
+def test_dynamic_binarization_has_the_grey_level_as_probability():
+    # each of the 256 grey levels k / 255, 40,000 times: the frequency of ones agrees with the
+    # level within 5 standard errors; levels 0 and 1 are exact; any count of pixels works
+    levels = torch.arange(256.0) / 255
+    x = levels.repeat(40_001)[:-3]  # not a multiple of 4
+    ones = binarize(x, torch.Generator().manual_seed(0))
+    assert ones.shape == x.shape and ones.dtype == x.dtype and set(ones.unique().tolist()) == {0.0, 1.0}
+    freq = ones[: 256 * 40_000].view(40_000, 256).mean(0)
+    se = (levels * (1 - levels) / 40_000).sqrt()
+    assert (freq - levels).abs().max() <= (5 * se).max()
+    assert freq[0] == 0 and freq[-1] == 1
