@@ -4,9 +4,10 @@ Question: where does the GMVAE's clustering accuracy come from, its k-means star
 mixture phase, and do pair options (pretraining length, network sizes) move it? Trains
 ``pyrovae train gmvae`` one epoch at a time (resuming the same run, so the run is the one
 an uninterrupted command gives) and after each epoch prints the test ELBO and test
-clustering accuracy: during pretraining that of k-means (k = K, best of 4 restarts) on
-the encoder means of the training images, the start the mixture would get from a fully
-encoded training set; afterwards that of :meth:`GMVAE.cluster`.
+clustering accuracy: during pretraining that of k-means (k = K, the least inertia of the
+pair's ``init_restarts`` runs) on the encoder means of the training images, the start the
+mixture would get from a fully encoded training set; afterwards that of
+:meth:`GMVAE.cluster`.
 
 Run from the repository root, one seed per process::
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             if pair.mixture_on:
                 how, accuracy = "mixture", clustering_accuracy(pair.cluster(test_x), test_y)
             else:
-                _, centers = kmeans(pair.encode(data.train.x), pair.k, n_init=4, seed=args.seed)
+                _, centers = kmeans(pair.encode(data.train.x), pair.k, n_init=pair.init_restarts, seed=args.seed)
                 how = "k-means on codes"
                 accuracy = clustering_accuracy(torch.cdist(pair.encode(test_x), centers).argmin(1), test_y)
             rows.append({"epoch": epoch, "test_elbo": run.metrics[-1]["test_elbo"], "clustering": how,

@@ -39,7 +39,7 @@ starts the mixture from a clustering of its codes; this pair does the same withi
 training run. For its first ``pretrain_examples`` training examples (summed over SVI
 steps) it is the plain VAE (``z ~ Normal(0, I)``, no ``y``), and it keeps the encoder means
 and scales of the last ``init_codes`` of them. At the first step after that, k-means on
-those codes gives the component means, and the spread of each cluster (code variance plus
+those codes (the least inertia of ``init_restarts`` runs) gives the component means, and the spread of each cluster (code variance plus
 mean posterior variance) its scales; from then on it trains the mixture ELBO above. The
 pair counts examples with a hook on one decoder parameter, so a step counts when its
 gradient is taken (whatever the estimator; evaluation under ``no_grad`` does not count), and
@@ -105,11 +105,12 @@ class MixturePrior(nn.Module):
         return torch.log_softmax(log_pz, -1).clamp(min=MIN_LOG_PROB)
 
     @torch.no_grad()
-    def fit(self, loc: torch.Tensor, scale: torch.Tensor, seed: int = 0) -> None:
+    def fit(self, loc: torch.Tensor, scale: torch.Tensor, restarts: int = 4, seed: int = 0) -> None:
         """Set the components from codes (encoder means ``loc`` and scales ``scale``, (N, z_dim)):
-        k-means centers, and per cluster the variance of its codes plus their mean variance."""
+        k-means centers (the least inertia of ``restarts`` runs), and per cluster the variance of
+        its codes plus their mean variance."""
         k = self.loc.shape[0]
-        assign, centers = kmeans(loc, k, n_init=4, seed=seed)
+        assign, centers = kmeans(loc, k, n_init=restarts, seed=seed)
         var = torch.empty_like(centers)
         for j in range(k):
             members = assign == j
@@ -147,6 +148,8 @@ class GMVAE(nn.Module):
         the plain VAE before the mixture starts from k-means on its codes; 0 starts the
         mixture at once from random means.
     :param init_codes: how many of the last pretraining codes the k-means sees.
+    :param init_restarts: k-means runs on those codes; the one of least inertia starts the
+        mixture (``benchmarks/gmvae_starts.py``: more runs pick better starts, by accuracy).
     :param init_spread: standard deviation of the random initial component means.
     """
 
@@ -162,6 +165,7 @@ class GMVAE(nn.Module):
         pretrain_examples: int = 300_000,
         init_codes: int = 10_000,
         init_spread: float = 1.0,
+        init_restarts: int = 16,
     ) -> None:
         super().__init__()
         if not isinstance(k, int) or isinstance(k, bool) or k < 2:
@@ -173,11 +177,13 @@ class GMVAE(nn.Module):
             raise UsageError(f"pretrain_examples must be an integer >= 0 (0: no pretraining), got {pretrain_examples!r}")
         if not isinstance(init_codes, int) or init_codes < k:
             raise UsageError(f"init_codes must be an integer >= k = {k} (codes for the k-means), got {init_codes!r}")
+        if not isinstance(init_restarts, int) or init_restarts < 1:
+            raise UsageError(f"init_restarts must be an integer >= 1 (k-means runs), got {init_restarts!r}")
         self.hparams = {"k": k, "z_dim": z_dim, "hidden": list(hidden), "likelihood": likelihood,
                         "x_shape": list(x_shape), "pretrain_examples": pretrain_examples,
-                        "init_codes": init_codes, "init_spread": init_spread}
+                        "init_codes": init_codes, "init_spread": init_spread, "init_restarts": init_restarts}
         self.k, self.z_dim, self.x_shape = k, z_dim, tuple(x_shape)
-        self.pretrain_examples = pretrain_examples
+        self.pretrain_examples, self.init_restarts = pretrain_examples, init_restarts
         self.prior = MixturePrior(k, z_dim, init_spread)
         self.encoder = Encoder(self.x_shape, hidden, z_dim)
         self.decoder = Decoder(z_dim, list(reversed(hidden)), self.x_shape)
@@ -250,7 +256,7 @@ class GMVAE(nn.Module):
         n = min(int(self.codes_seen), len(self.codes))
         if n >= self.k:
             loc, scale = self.codes[:n].split(self.z_dim, -1)
-            self.prior.fit(loc, scale)
+            self.prior.fit(loc, scale, self.init_restarts)
         self.mixture_on.fill_(True)
 
     # --- clustering and images -----------------------------------------------------------------

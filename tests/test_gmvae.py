@@ -11,7 +11,8 @@ import pytest
 import torch
 from pyro.infer import TraceEnum_ELBO
 
-from pyrovae import train
+import pyrovae.models.gmvae as gmvae_module
+from pyrovae import clustering, train
 from pyrovae.data import evaluation_split
 from pyrovae.errors import UsageError
 from pyrovae.evaluate import log_weights, mean_elbo
@@ -53,7 +54,8 @@ def test_fewer_than_two_components_is_a_usage_error(k):
         build("gmvae", {"k": k})
 
 
-@pytest.mark.parametrize("args", [{"pretrain_examples": -1}, {"pretrain_examples": 1.5}, {"init_codes": 3}])
+@pytest.mark.parametrize("args", [{"pretrain_examples": -1}, {"pretrain_examples": 1.5}, {"init_codes": 3},
+                                  {"init_restarts": 0}, {"init_restarts": 2.0}])
 def test_bad_pretraining_arguments_are_usage_errors(args):
     with pytest.raises(UsageError):
         GMVAE(k=4, **args)
@@ -143,6 +145,21 @@ def test_mixture_fit_puts_components_on_clusters_of_codes():
     assert torch.allclose(prior.loc.detach()[order], centers[[0, 2, 1]], atol=0.2)
     scale = prior(torch.arange(3))[1].detach()
     assert torch.allclose(scale, torch.full_like(scale, 0.5 * 2**0.5), atol=0.1)  # codes' spread and posterior scale
+
+
+def test_the_switch_keeps_the_least_inertia_of_init_restarts_kmeans_runs(monkeypatch):
+    runs = []
+
+    def kmeans(x, k, *, n_init, seed):
+        runs.append(n_init)
+        return clustering.kmeans(x, k, n_init=n_init, seed=seed)
+
+    monkeypatch.setattr(gmvae_module, "kmeans", kmeans)
+    pair = GMVAE(k=3, z_dim=2, hidden=[16], init_codes=30, init_restarts=7)
+    pair.codes.copy_(torch.randn(30, 4))
+    pair.codes_seen.fill_(30)
+    pair.init_mixture()
+    assert runs == [7] and bool(pair.mixture_on)
 
 
 def test_component_probabilities_stay_above_the_denormal_range():
