@@ -19,10 +19,10 @@ single k-means runs on the kept codes. For each it sets the mixture from that ru
 - the test clustering accuracy of the start, ``argmax_k p(k | loc(x))`` on the test images.
 
 Prints per seed the mean accuracy of a start, the accuracy of the start each score picks
-(least inertia among all, and among the first 4 as the pair's default does; highest
-ELBO), and each score's correlation with accuracy.
+(least inertia among all, and among the first 4, the pair's default before it was 16;
+highest ELBO), and each score's correlation with accuracy.
 
-Run from the repository root (about a minute per seed on one core)::
+Run from the repository root (about two minutes per seed on one core)::
 
     OMP_NUM_THREADS=1 python benchmarks/gmvae_starts.py [--seeds 0 1 5 9] [--starts 16]
 

@@ -39,12 +39,13 @@ starts the mixture from a clustering of its codes; this pair does the same withi
 training run. For its first ``pretrain_examples`` training examples (summed over SVI
 steps) it is the plain VAE (``z ~ Normal(0, I)``, no ``y``), and it keeps the encoder means
 and scales of the last ``init_codes`` of them. At the first step after that, k-means on
-those codes (the least inertia of ``init_restarts`` runs) gives the component means, and the spread of each cluster (code variance plus
-mean posterior variance) its scales; from then on it trains the mixture ELBO above. The
-pair counts examples with a hook on one decoder parameter, so a step counts when its
-gradient is taken (whatever the estimator; evaluation under ``no_grad`` does not count), and
-the count, the kept codes and the switch are buffers, so checkpoints carry them and a
-resumed run switches at the same step as one that never stopped. While pretraining the
+those codes (the least inertia of ``init_restarts`` runs) gives the component means, and
+the spread of each cluster (code variance plus mean posterior variance) its scales; from
+then on it trains the mixture ELBO above. The pair counts examples with a hook on one
+decoder parameter, so a step counts when its gradient is taken (whatever the estimator;
+evaluation under ``no_grad`` does not count), and the count, the kept codes and the switch
+are buffers, so checkpoints carry them and a resumed run switches at the same step as one
+that never stopped. While pretraining the
 guide's classifier and shifts are unused and stay at zero.
 
 The mixing weights are fixed uniform, which keeps components from starving (a learned
@@ -105,7 +106,7 @@ class MixturePrior(nn.Module):
         return torch.log_softmax(log_pz, -1).clamp(min=MIN_LOG_PROB)
 
     @torch.no_grad()
-    def fit(self, loc: torch.Tensor, scale: torch.Tensor, restarts: int = 4, seed: int = 0) -> None:
+    def fit(self, loc: torch.Tensor, scale: torch.Tensor, restarts: int, seed: int = 0) -> None:
         """Set the components from codes (encoder means ``loc`` and scales ``scale``, (N, z_dim)):
         k-means centers (the least inertia of ``restarts`` runs), and per cluster the variance of
         its codes plus their mean variance."""
