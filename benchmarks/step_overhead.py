@@ -3,7 +3,7 @@ small to cost anything.
 
 Question: how much of ``epoch_time.py``'s gap between pyrovae and the plain loop is Pyro's
 per-step bookkeeping (tracing the guide, replaying the model, collecting parameters)
-rather than tensor work? All three steps run the VAE pair's own networks, shrunk to
+rather than tensor work? Every loop runs the VAE pair's own networks, shrunk to
 ``z_dim = 2`` and one hidden layer of 4 units, on a batch of 2 images, with one torch
 thread, so that what is left is Python:
 
@@ -15,11 +15,26 @@ thread, so that what is left is Python:
 - ``plain``: ``benchmarks/plain_vae.py``'s single-sample ELBO, ``backward`` and a fused
   Adam step over the same parameters.
 
+Two more split the pyrovae step's excess over the plain one:
+
+- ``Trace_ELBO alone``: ``Trace_ELBO().loss_and_grads`` (trace the guide, replay the model,
+  ``backward``) and the plain loop's fused Adam step, without ``SVI.step`` around it; what
+  ``pyrovae`` adds to this is ``SVI.step``'s own work (capturing the parameters through a
+  trace, the optimizer wrapper, zeroing the gradients);
+- ``pair through handlers``: the first half of ``Trace_ELBO``'s work, running the guide
+  under ``poutine.trace`` and the model under ``poutine.trace(poutine.replay(...))`` (its
+  ``pyro.module``, ``pyro.plate`` and ``pyro.sample`` calls and its networks), with no
+  log-density, loss or ``backward``; ``plain forward`` is the same tensor work by hand (the
+  encoder, one reparameterized draw, the decoder), so their difference is what running the
+  pair as a Pyro program costs. The rest of the excess is in turning the traces into a loss
+  (log-densities site by site, the surrogate loss, Pyro's checks) and its ``backward``.
+
 All run with distribution argument checks off (Pyro's and torch's), as the trainer runs
 every step but an epoch's first.
 
-The three take turns, ``--reps`` blocks of ``--steps`` steps each; prints the median
-milliseconds per step of each and how much each Pyro step exceeds the hand-written one.
+The loops take turns, ``--reps`` blocks of ``--steps`` steps each; prints the median
+milliseconds per step of each, how much each Pyro step exceeds the hand-written one, and
+the three shares of the ``pyrovae`` step's excess.
 
 Run from the repository root::
 
@@ -40,6 +55,7 @@ from typing import Callable
 
 import pyro
 import torch
+from pyro import poutine
 from pyro.infer import SVI
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -63,6 +79,19 @@ def steps(pair: VAE, x: torch.Tensor) -> dict[str, Callable[[], None]]:
     def pyrovae_step() -> None:
         svi.step(x)
 
+    trace_elbo = make_estimator("trace")
+    elbo_optim = torch.optim.Adam(params, lr=1e-3, fused=True)
+
+    def elbo_step() -> None:
+        loss = trace_elbo.loss_and_grads(pair.model, pair.guide, x)
+        elbo_optim.step()
+        elbo_optim.zero_grad()
+        float(loss)
+
+    def through_handlers() -> None:
+        guide_trace = poutine.trace(pair.guide).get_trace(x)
+        poutine.trace(poutine.replay(pair.model, trace=guide_trace)).get_trace(x)
+
     def plain_step() -> None:
         loss = -elbo(pair.encoder, pair.decoder, x).sum()
         optim.zero_grad()
@@ -70,7 +99,12 @@ def steps(pair: VAE, x: torch.Tensor) -> dict[str, Callable[[], None]]:
         optim.step()
         loss.item()
 
-    return {"pyrovae": pyrovae_step, "pyrovae jit-trace": lambda: jit_svi.step(x), "plain": plain_step}
+    def plain_forward() -> None:  # what the model and guide compute: the networks and a reparameterized draw
+        loc, scale = pair.encoder(x)
+        pair.decoder(loc + scale * torch.randn_like(loc))
+
+    return {"pyrovae": pyrovae_step, "pyrovae jit-trace": lambda: jit_svi.step(x), "plain": plain_step,
+            "Trace_ELBO alone": elbo_step, "pair through handlers": through_handlers, "plain forward": plain_forward}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -97,17 +131,24 @@ def main(argv: list[str] | None = None) -> int:
                 step()
             ms[name].append((time.perf_counter() - t0) / args.steps * 1e3)
     median = {name: statistics.median(v) for name, v in ms.items()}
-    extra = {name: median[name] - median["plain"] for name in median if name != "plain"}
+    extra = {name: median[name] - median["plain"] for name in ("pyrovae", "pyrovae jit-trace")}
+    handlers = median["pair through handlers"] - median["plain forward"]
+    split = {"SVI.step's own work": median["pyrovae"] - median["Trace_ELBO alone"],
+             "running the pair through Pyro's handlers": handlers,
+             "the rest of Trace_ELBO (log-densities from the traces, the loss)":
+                 median["Trace_ELBO alone"] - median["plain"] - handlers}
     lines = ["| step | ms per step (median) | min-max |", "|---|---|---|"]
     lines += [f"| {name} | {median[name]:.2f} | {min(v):.2f}-{max(v):.2f} |" for name, v in ms.items()]
     summary = "; ".join(f"{name} minus plain: {ms_:.2f} ms per step ({median[name] / median['plain']:.1f}x)"
                         for name, ms_ in extra.items())
+    summary += ". Of pyrovae's excess: " + "; ".join(f"{what} {ms_:.2f} ms" for what, ms_ in split.items())
     print("\n".join(lines) + "\n\n" + summary)
     info = describe()
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "step_overhead.json").write_text(json.dumps(
         {**info, "config": {"reps": args.reps, "steps": args.steps, "z_dim": 2, "hidden": [4], "batch": 2,
-                            "torch_threads": 1}, "ms_per_step": ms, "median": median, "extra_ms": extra},
+                            "torch_threads": 1}, "ms_per_step": ms, "median": median, "extra_ms": extra,
+         "split_ms": split},
         indent=2) + "\n")
     (RESULTS / "step_overhead.md").write_text(
         f"# Python cost of one SVI step\n\nCommand: `{info['command']}`  \nDate: {info['date']}; torch "
