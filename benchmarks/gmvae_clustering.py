@@ -158,10 +158,12 @@ def main(argv: list[str] | None = None) -> int:
     s = kmeans_test_scores(flat(train_x), flat(test_x), test_y, k, args.seeds[0], n_init=2)
     report({"method": "k-means on raw pixels", **s, "seconds": time.perf_counter() - t0})
 
-    def vae_reference(vae: VAE, label: str, seed: int) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
-        """Train ``vae`` as the GMVAE's seed, k-means its training codes, score the test codes."""
+    def vae_reference(options: dict, label: str, seed: int) -> tuple[dict, tuple[torch.Tensor, torch.Tensor]]:
+        """Make ``VAE(**options)`` under the GMVAE's seed and train it so, k-means its training
+        codes, score the test codes."""
         t0 = time.perf_counter()
         pyro.set_rng_seed(seed)
+        vae = VAE(**options)
         metrics = pyrovae.train(vae, data, epochs=args.vae_epochs, batch_size=args.batch_size, seed=seed).metrics
         codes = vae.encode(train_x), vae.encode(test_x)
         s = kmeans_test_scores(*codes, test_y, k, seed, n_init=restarts)
@@ -174,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     default_vae = VAE().hparams
     default_label = f"default plain-VAE (z_dim {default_vae['z_dim']}, hidden {default_vae['hidden']})"
     for seed in args.seeds:  # one reference per seed: k-means on VAE codes varies by several points with the seed
-        row, codes = vae_reference(VAE(z_dim=z_dim, hidden=hidden), "plain-VAE", seed)
+        row, codes = vae_reference({"z_dim": z_dim, "hidden": hidden}, "plain-VAE", seed)
         vae_rows.append(row)
         if args.kmeans_restarts:
             spread = row["restart_spread"] = restart_spread(*codes, test_y, k, args.kmeans_restarts)
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{spread['least_inertia']:.3f})", flush=True)
     rows.append(mean_row(vae_rows, f"k-means on plain-VAE latent means, mean of {len(vae_rows)} seeds"))
     for seed in args.seeds:
-        default_rows.append(vae_reference(VAE(), default_label, seed)[0])
+        default_rows.append(vae_reference({}, default_label, seed)[0])
     rows.append(mean_row(default_rows, f"k-means on {default_label} latent means, mean of {len(default_rows)} seeds"))
 
     gmvae_rows, figure = [], None
