@@ -23,7 +23,7 @@ Test clustering accuracy (Hungarian matching) and NMI of each, with seconds; for
 GMVAE each seed and the mean. Published anchors: ClusterGAN 0.61 on Fashion-MNIST; VaDE
 0.945 on MNIST.
 
-Run from the repository root (about 20 minutes on one core with the defaults, 3 seeds)::
+Run from the repository root (about 25 minutes on one core with the defaults, 3 seeds)::
 
     OMP_NUM_THREADS=1 python benchmarks/gmvae_clustering.py [--epochs 15] [--seeds 0 1 2] [--z-dim Z] [--hidden H ...] [--train-size N]
 
