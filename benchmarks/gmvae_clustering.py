@@ -224,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
 
     total = time.perf_counter() - t_all
     pretrain = gmvae_rows[0]["model_args"]["pretrain_examples"]
+
     def against(refs: list[dict]) -> tuple[int, list[float], float]:
         """Seeds where the GMVAE beats raw pixels and ``refs`` (same seed), its gains over ``refs``, their SE."""
         beat = sum(g["accuracy"] > max(rows[0]["accuracy"], v["accuracy"]) for g, v in zip(gmvae_rows, refs))
