@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
         return row, codes
 
     vae_rows, default_rows = [], []
-    default_vae = VAE().hparams
-    default_label = f"default plain-VAE (z_dim {default_vae['z_dim']}, hidden {default_vae['hidden']})"
+    vae_defaults = {k: v.default for k, v in inspect.signature(VAE).parameters.items()}
+    default_label = f"default plain-VAE (z_dim {vae_defaults['z_dim']}, hidden {list(vae_defaults['hidden'])})"
     for seed in args.seeds:  # one reference per seed: k-means on VAE codes varies by several points with the seed
         row, codes = vae_reference({"z_dim": z_dim, "hidden": hidden}, "plain-VAE", seed)
         vae_rows.append(row)
