@@ -66,6 +66,8 @@ def normalized_mutual_info(clusters: Tensor | np.ndarray, labels: Tensor | np.nd
 
 
 def _plus_plus_init(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
+    # the draws come from a CPU generator whatever x's device (an index drawn on the CPU may
+    # index a CUDA tensor), so a seed picks the same centers on the CPU and on a GPU
     n = x.shape[0]
     centers = x[torch.randint(n, (1,), generator=generator)]
     d2 = torch.cdist(x, centers).squeeze(1) ** 2
@@ -74,7 +76,7 @@ def _plus_plus_init(x: Tensor, k: int, generator: torch.Generator) -> Tensor:
         if total <= 0:  # fewer distinct points than clusters
             idx = torch.randint(n, (1,), generator=generator)
         else:
-            idx = torch.multinomial(d2 / total, 1, generator=generator)
+            idx = torch.multinomial((d2 / total).cpu(), 1, generator=generator)
         centers = torch.cat([centers, x[idx]])
         d2 = torch.minimum(d2, (torch.cdist(x, x[idx]).squeeze(1)) ** 2)
     return centers

@@ -61,3 +61,13 @@ def test_kmeans_recovers_separated_blobs():
     assert torch.cdist(found, centers).min(1).values.max() < 0.5
     with pytest.raises(UsageError):
         kmeans(x, 0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kmeans_on_a_gpu_picks_what_it_picks_on_the_cpu():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 3, generator=g) + 6.0 * torch.arange(3).repeat_interleave(100)[:, None]
+    cpu_assign, cpu_centers = kmeans(x, 3, n_init=3, seed=2)
+    gpu_assign, gpu_centers = kmeans(x.cuda(), 3, n_init=3, seed=2)
+    assert gpu_assign.is_cuda and torch.equal(gpu_assign.cpu(), cpu_assign)
+    torch.testing.assert_close(gpu_centers.cpu(), cpu_centers, rtol=1e-4, atol=1e-4)
