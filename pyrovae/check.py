@@ -23,7 +23,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable
 
 import pyro
 import pyro.poutine as poutine
@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from pyrovae.data import binarize, load_dataset
 from pyrovae.errors import UsageError
 from pyrovae.estimators import FORMS, make_estimator
+from pyrovae.rng import forked_rng
 from pyrovae.train import check_data
 
 __all__ = ["Finding", "Site", "Network", "Report", "check_pair", "load_batch"]
@@ -382,7 +383,7 @@ def check_pair(pair: nn.Module | Callable[[], nn.Module], x: Tensor, y: Tensor |
         return (x[:n],) if y is None else (x[:n], y[:n])
 
     store = pyro.get_param_store()
-    with torch.random.fork_rng([x.device.index or 0] if x.is_cuda else []), pyro.validation_enabled(True), \
+    with forked_rng(x.device), pyro.validation_enabled(True), \
             warnings.catch_warnings():
         warnings.simplefilter("ignore")
         first = pair if isinstance(pair, nn.Module) else pair()

@@ -39,6 +39,7 @@ from pyrovae.errors import UsageError
 from pyrovae.estimators import make_estimator
 from pyrovae.evaluate import importance_log_likelihood
 from pyrovae.pairs import build
+from pyrovae.rng import forked_rng
 from pyrovae.runs import CHECKPOINT
 from pyrovae.train import train
 
@@ -85,7 +86,7 @@ class SNR:
 def _param_groups(pair: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> tuple[list, list]:
     """The unconstrained parameter leaves seen by the guide alone, and all the others (the model's)."""
     args = (x, y) if y is not None else (x,)
-    with poutine.block(), torch.random.fork_rng(devices=[x.device] if x.is_cuda else []):
+    with poutine.block(), forked_rng(x.device):
         guide_trace = poutine.trace(pair.guide, param_only=True).get_trace(*args)
         model_trace = poutine.trace(pair.model, param_only=True).get_trace(*args)
     leaves = lambda tr: {id(s["value"].unconstrained()): s["value"].unconstrained() for s in tr.nodes.values()}  # noqa: E731

@@ -47,6 +47,7 @@ from torch.nn.parallel import DistributedDataParallel
 from pyrovae.data import Split, binarize
 from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.evaluate import mean_elbo
+from pyrovae.rng import forked_rng
 
 __all__ = ["Group", "DataParallelStep", "FailedOnRankZero", "current", "join_from_env", "leave", "launch"]
 
@@ -174,8 +175,7 @@ class DataParallelStep:
         has a differentiable loss (telling DDP whether some networks' parameters go unused)."""
         trained = [p for p in self.pair.parameters() if p.requires_grad]
         use_ddp = hasattr(self.estimator, "differentiable_loss") and bool(trained)
-        cuda = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda), poutine.trace(param_only=True) as capture:
+        with forked_rng(self.device), poutine.trace(param_only=True) as capture:
             if use_ddp:
                 loss = self.estimator.differentiable_loss(self.pair.model, self.pair.guide, *args)
                 unused = not loss.requires_grad or any(

@@ -47,6 +47,7 @@ from tqdm.auto import tqdm
 
 from pyrovae.data import Split, batches
 from pyrovae.errors import PyrovaeError
+from pyrovae.rng import forked_rng
 
 __all__ = [
     "mean_elbo",
@@ -111,8 +112,7 @@ def is_latent(site: dict) -> bool:
 def plate_nesting(model: Callable, guide: Callable, *args: Tensor) -> int:
     """How many plate dimensions the pair uses (one trace of guide and model, as Pyro's
     ``ELBO`` guesses ``max_plate_nesting``); also checks that a ``data`` plate exists."""
-    cuda = [a.device.index or 0 for a in args if a.is_cuda][:1]
-    with poutine.block(), torch.random.fork_rng(devices=cuda):  # the probe draws leave the RNG as it was
+    with poutine.block(), forked_rng(args[0].device):  # the probe draws leave the RNG as it was
         guide_trace = poutine.trace(guide).get_trace(*args)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args)
     frames = [f for tr in (model_trace, guide_trace) for site in tr.nodes.values()

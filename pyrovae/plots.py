@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from pyrovae.data import Split
 from pyrovae.evaluate import KHAT_OK, is_latent, isolated_params
+from pyrovae.rng import forked_rng
 
 __all__ = [
     "FigureUnavailable",
@@ -120,7 +121,7 @@ def _args(x: Tensor, y: Tensor | None) -> tuple[Tensor, ...]:
 
 def _latent_site(pair: nn.Module, x: Tensor, y: Tensor | None) -> tuple[str, Any]:
     """The guide's continuous latent site for ``x``: ``z`` if there is one, else the only one."""
-    with poutine.block(), torch.random.fork_rng(devices=[]):
+    with poutine.block(), forked_rng(x.device):
         trace = poutine.trace(pair.guide).get_trace(*_args(x, y))
     sites = {n: s for n, s in trace.nodes.items() if is_latent(s) and not s["fn"].has_enumerate_support}
     if "z" in sites:
@@ -155,7 +156,7 @@ def decode_means(pair: nn.Module, z: Tensor, x_like: Tensor, y: Tensor | None = 
         name, site = _latent_site(pair, x_like[:1], None if y is None else y[:1])
         dummy = x_like.new_zeros(n, *x_like.shape[1:])
         value = z.reshape(n, *site["value"].shape[1:]).to(site["value"])
-        with poutine.block(), torch.random.fork_rng(devices=[]):
+        with poutine.block(), forked_rng(dummy.device):
             trace = poutine.trace(poutine.condition(pair.model, data={name: value})).get_trace(*_args(dummy, y))
     observed = [s for s in trace.nodes.values() if s["type"] == "sample" and s["is_observed"] and s["value"] is dummy]
     if not observed:
@@ -221,7 +222,7 @@ def save_manifold(pair: nn.Module, x_like: Tensor, path: str | Path, n: int = 20
     q = (torch.arange(n, dtype=torch.float64) + 0.5) / n
     ticks = torch.distributions.Normal(0.0, 1.0).icdf(q)
     z1, z0 = torch.meshgrid(ticks.flip(0), ticks, indexing="ij")  # rows from high z[1] to low
-    z = torch.stack([z0.reshape(-1), z1.reshape(-1)], 1).to(x_like.device)
+    z = torch.stack([z0.reshape(-1), z1.reshape(-1)], 1).to(device=x_like.device, dtype=x_like.dtype)
     with torch.no_grad():
         images = decode_means(pair, z, x_like, None if label is None else label.expand(n * n, *label.shape[1:]))
     _save_image(images.clamp(0, 1).cpu().float(), path, nrow=n, padding=1, pad_value=1.0)

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import json
 import math
-import random
 import re
 import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pyro
 import torch
 from pyro import poutine
@@ -44,6 +42,7 @@ from pyrovae.evaluate import mean_elbo
 from pyrovae.optim import JointAdam
 from pyrovae.pairs import spec_of
 from pyrovae.plots import save_reconstructions, save_samples
+from pyrovae.rng import forked_rng, rng_state, set_rng_state
 from pyrovae import distributed, runs
 from pyrovae.runs import Run
 
@@ -93,21 +92,6 @@ def check_data(pair: nn.Module, data: Dataset) -> None:
                     f"the {likelihood.name} likelihood needs pixel values in [0, 1], but the {label} "
                     f"split has values in [{lo:g}, {hi:g}]; rescale the data (for 8-bit images, x / 255)"
                 )
-
-
-def _rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
 def epoch_generator(seed: int, epoch: int, salt: int, device: torch.device) -> torch.Generator:
@@ -195,7 +179,7 @@ def train(
         start, store = ckpt["epoch"], ckpt["params"]
         runs.load_pair_state(pair, ckpt["pair"], out)
         optim.set_state(ckpt["optim"])
-        _set_rng_state(ckpt["rng"])
+        set_rng_state(ckpt["rng"])
     quiet = quiet or (group is not None and not group.is_main)
     say = (lambda msg: None) if quiet else (lambda msg: tqdm.write(msg, file=sys.stderr))
     show_bar = not quiet and sys.stderr.isatty()
@@ -256,7 +240,7 @@ def train(
                 runs.save_checkpoint(out, {
                     "epoch": epoch, "config": config, "pair": pair.state_dict(),
                     "params": runs.free_param_state(pyro.get_param_store().get_state()),
-                    "optim": optim.get_state(), "rng": _rng_state(),
+                    "optim": optim.get_state(), "rng": rng_state(),
                 })
             for cb in callbacks:
                 cb.on_epoch(record)
@@ -290,8 +274,7 @@ def _settle_plate_nesting(estimator: Any, pair: nn.Module, split: Any, batch_siz
         return
     x = split.x[:batch_size]
     args = (x, split.y[:batch_size]) if uses_labels else (x,)
-    devices = [x.device.index or 0] if x.is_cuda else []
-    with torch.random.fork_rng(devices=devices), poutine.block(), pyro.validation_enabled(False):
+    with forked_rng(x.device), poutine.block(), pyro.validation_enabled(False):
         estimator._guess_max_plate_nesting(pair.model, pair.guide, args, {})
 
 

@@ -13,8 +13,8 @@ from PIL import Image
 from pyrovae import train
 from pyrovae.cli import main
 from pyrovae.data import evaluation_split
-from pyrovae.models import VAE
-from pyrovae.plots import decode_means, encode_means, save_figures
+from pyrovae.models import GMVAE, VAE
+from pyrovae.plots import decode_means, encode_means, save_figures, save_manifold
 
 TINY = ["--train-size", "300", "--test-size", "100", "--batch-size", "50", "--quiet"]
 
@@ -85,6 +85,16 @@ def test_latents_and_decoded_images_from_traces_match_the_pairs_networks(data):
     assert torch.allclose(from_trace, pair.encode(x), atol=1e-6)
     assert torch.allclose(decoded, pair.likelihood.mean(pair.decoder(z)), atol=1e-6)
     assert decoded.shape == (7, 1, 28, 28)
+
+
+def test_the_manifold_of_a_pair_with_its_own_decode(tmp_path):
+    # the quantile grid is built in float64; a pair's decode gets it in the images' dtype
+    pair = GMVAE(k=2, z_dim=2, hidden=[8], pretrain_examples=0).eval()
+    x = torch.rand(3, 1, 28, 28)
+    path = save_manifold(pair, x, tmp_path / "manifold.png", n=4)
+    assert _is_png(path)
+    with Image.open(path) as image:
+        assert image.size == (4 * 29 + 1, 4 * 29 + 1)
 
 
 def test_a_run_directory_that_is_not_a_run_is_one_message(tmp_path, capsys):
