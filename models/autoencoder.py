@@ -39,6 +39,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro.distributions import constraints
+from pyro.distributions.util import broadcast_shape
 from torch import nn
 
 from pyrovae.errors import UsageError
@@ -46,7 +47,7 @@ from pyrovae.likelihoods import LIKELIHOODS, Likelihood, make_likelihood
 from pyrovae.nets import MLP, Decoder
 from pyrovae.pairs import register
 
-__all__ = ["AutoEncoder", "LinearGaussian"]
+__all__ = ["AutoEncoder", "FlatPrior", "LinearGaussian"]
 
 
 class LinearGaussian(Likelihood):
@@ -57,6 +58,15 @@ class LinearGaussian(Likelihood):
 
     def forward(self, params: torch.Tensor) -> dist.Distribution:
         return dist.Normal(params, 1.0)
+
+
+class FlatPrior(dist.ImproperUniform):
+    """Pyro's improper flat density (log density 0, no sampler), with the zeros of its log
+    density made on the value's device: ``ImproperUniform`` makes them on the CPU, which a
+    GPU run's importance weights (a sum of per-example log densities) cannot add."""
+
+    def log_prob(self, value: torch.Tensor) -> torch.Tensor:
+        return value.new_zeros(broadcast_shape(value.shape[: value.dim() - self.event_dim], self.batch_shape))
 
 
 _OWN_LIKELIHOODS: dict[str, type[Likelihood]] = {LinearGaussian.name: LinearGaussian}
@@ -110,7 +120,7 @@ class AutoEncoder(nn.Module):
         pyro.module("decoder", self.decoder)
         pyro.module("likelihood", self.likelihood)
         with pyro.plate("data", x.shape[0]):
-            flat = dist.ImproperUniform(constraints.real, (), (self.z_dim,))  # log density 0: no prior
+            flat = FlatPrior(constraints.real, (), (self.z_dim,))  # log density 0: no prior
             z = pyro.sample("z", flat)
             p_x = self.likelihood(self.decoder(z)).to_event(len(self.x_shape))
             pyro.sample("x", p_x, obs=x)

@@ -42,6 +42,20 @@ def test_the_elbo_is_the_reconstruction_negative_log_likelihood():
     assert terms.kl == 0 and terms.reconstruction == pytest.approx(-loss / 10, rel=1e-6)
 
 
+def test_the_flat_prior_makes_its_zeros_where_the_codes_are():
+    # the importance weights add the prior's log density to the likelihood's, per draw and
+    # example; on a GPU that sum needs the zeros on the GPU (meta stands in for cuda here)
+    pair = AutoEncoder(z_dim=3, hidden=[16])
+    with pyro.get_param_store().scope():
+        x = _images(4)
+        guide = pyro.poutine.trace(pair.guide).get_trace(x)
+        trace = pyro.poutine.trace(pyro.poutine.replay(pair.model, trace=guide)).get_trace(x)
+    codes = torch.zeros(5, 4, 3, device="meta")  # 5 draws of 4 examples' codes
+    log_p = trace.nodes["z"]["fn"].log_prob(codes)
+    assert log_p.device == codes.device and log_p.shape == (5, 4)
+    assert torch.equal(trace.nodes["z"]["fn"].log_prob(torch.ones(5, 4, 3)), torch.zeros(5, 4))
+
+
 def test_one_svi_step_lowers_the_loss_and_moves_both_networks():
     pair = AutoEncoder(z_dim=3, hidden=[16])
     x = _images(32)
