@@ -57,18 +57,22 @@ def measure(k: int, chunk_size: int, batch_size: int, test_size: int | None, tra
     test = evaluation_split(data.test, True).to(device)
     rss_before = peak_rss_mib()
     reset = reset_peak_rss()  # so that the peak below is the evaluation's, not the loading's or training's
+    gpu = torch.device(device) if device.startswith("cuda") else None
+    if gpu is not None:
+        torch.cuda.synchronize(gpu)
+        torch.cuda.reset_peak_memory_stats(gpu)
     rss_start = rss_mib()
     t0 = time.perf_counter()
     ll = importance_log_likelihood(pair, test, k=k, chunk_size=chunk_size, batch_size=batch_size, progress=progress)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    if gpu is not None:
+        torch.cuda.synchronize(gpu)
     seconds = time.perf_counter() - t0
     out = {"k": k, "chunk_size": chunk_size, "batch_size": batch_size, "images": len(test), "seconds": seconds,
            "log_likelihood": ll.mean, "stderr": ll.stderr, "peak_rss_mib_before": rss_before,
            "peak_rss_mib": peak_rss_mib(), "peak_reset": reset,
            "rss_mib_at_start": rss_start}
-    if device.startswith("cuda"):
-        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    if gpu is not None:  # on a GPU the evaluation's tensors live in its memory, not in the RSS
+        out["peak_cuda_mib"] = torch.cuda.max_memory_allocated(gpu) / 2**20
     return out
 
 
@@ -94,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"K={args.k}, {main_run['images']} images, chunks of {args.chunk_size} draws x {args.batch_size} images: "
           f"{main_run['seconds']:.1f} s, log p(x) {main_run['log_likelihood']:.2f}; matmul floor {floor:.1f} s at "
           f"{gflops:.0f} GFLOP/s ({main_run['floor_fraction']:.0%} of it reached); "
-          f"peak RSS {main_run['peak_rss_mib']:.0f} MiB", flush=True)
+          f"peak RSS {main_run['peak_rss_mib']:.0f} MiB"
+          + (f", peak GPU memory {main_run['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in main_run else ""), flush=True)
 
     memory = []
     if args.memory:
@@ -103,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                    "--batch-size", str(args.batch_size), "--test-size", "200", "--device", args.device]
             row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             memory.append(row)
+            gpu_peak = f", peak GPU memory {row['peak_cuda_mib']:.0f} MiB" if "peak_cuda_mib" in row else ""
             print(f"memory: K={k}, chunk {chunk}: peak RSS while evaluating {row['peak_rss_mib']:.0f} MiB, "
-                  f"{row['rss_mib_at_start'] or float('nan'):.0f} MiB when it started", flush=True)
+                  f"{row['rss_mib_at_start'] or float('nan'):.0f} MiB when it started{gpu_peak}", flush=True)
 
     info = describe()
     suffix = "" if args.device == "cpu" else "_" + args.device.replace(":", "")
@@ -112,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"eval_time{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
     m = info["machine"]
-    lines = [f"# Importance-weighted log-likelihood: time and memory\n",
+    lines = ["# Importance-weighted log-likelihood: time and memory\n",
              f"Command: `{info['command']}`  ",
              f"Date: {info['date']}; torch {info['versions']['torch']}, pyro {info['versions']['pyro']}; "
              f"{m['cpu']} ({m['cpu_count']} CPUs, {m['torch_threads']} torch threads)"
@@ -134,6 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += [f"| {r['k']} | {r['chunk_size']} x {r['batch_size']} | {r['peak_rss_mib']:.0f} MiB | "
                   f"{mib(r['rss_mib_at_start'] and r['peak_rss_mib'] - r['rss_mib_at_start'])} | "
                   f"{mib(r['rss_mib_at_start'])} | {r['peak_rss_mib_before']:.0f} MiB |" for r in memory]
+        if any("peak_cuda_mib" in r for r in memory):
+            lines += ["\nOn the GPU the evaluation's tensors are in its memory: peak GPU memory allocated while "
+                      "evaluating, " + ", ".join(f"K={r['k']}, chunk {r['chunk_size']}: {r['peak_cuda_mib']:.0f} MiB"
+                                                 for r in memory) + "."]
     (RESULTS / f"eval_time{suffix}.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / f'eval_time{suffix}.md'}")
     return 0

@@ -38,7 +38,7 @@ def describe() -> dict[str, Any]:
         "command": shlex.join(["python", *sys.argv]),
         "machine": {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(),
-                    "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
+                    "gpu": ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())) or None},
         "versions": {"python": platform.python_version(), "torch": torch.__version__, "pyro": pyro.__version__,
                      "pyrovae": pyrovae.__version__},
     }
@@ -49,7 +49,7 @@ def matmul_gflops(device: torch.device | str = "cpu", n: int = 2048, windows: in
     count: the best of ``windows`` timed windows, so that a moment of other load does not count."""
     device = torch.device(device)
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     for _ in range(3):
         a @ b
     sync()
@@ -93,7 +93,7 @@ def vae_epoch_matmul_seconds(x_dim: int, hidden: Sequence[int], z_dim: int, n_tr
     them (the same products as :func:`vae_epoch_flops` counts, batch by batch): the floor a
     loop at this batch size can reach, as small products run below the large-matmul rate."""
     device = torch.device(device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     layers = list(zip([x_dim, *hidden], [*hidden, 2 * z_dim])) + list(zip([z_dim, *reversed(hidden)],
                                                                            [*reversed(hidden), x_dim]))
 
