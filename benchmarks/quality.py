@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import pyro
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyrovae  # noqa: E402

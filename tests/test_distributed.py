@@ -30,7 +30,7 @@ from pyrovae import distributed
 from pyrovae.cli import build_parser, main
 from pyrovae.errors import PyrovaeError
 from pyrovae.estimators import make_estimator
-from pyrovae.runs import load_checkpoint, read_metrics
+from pyrovae.runs import read_metrics
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
 
@@ -95,7 +95,6 @@ def _worker(rank: int, port: int, tmp: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
     distributed.join_from_env("cpu")
-    group = distributed.current()
     results = {}
     for elbo in ("trace", "graph"):  # through DDP, and through the explicit all-reduce
         pyro.clear_param_store()
