@@ -11,7 +11,8 @@ Each epoch appends ``epoch``, ``train_elbo``, ``test_elbo`` (nats per example) a
 ``seconds`` to ``metrics.jsonl`` and writes ``checkpoint.pt`` atomically: network
 weights, free Pyro parameters, optimizer state, epoch and RNG states. A stopped run
 continues with ``resume=True`` and ends with the same parameters as one that never
-stopped (same device, same seed).
+stopped (same device, same seed; on a GPU up to the last bits that its atomic-add
+kernels leave to chance).
 
 Started by ``torchrun`` (or ``pyrovae train --nproc N``), with a process group of two or
 more ranks, it trains data-parallel: each rank on its slice of every batch, gradients
