@@ -71,6 +71,8 @@ class VAE(nn.Module):
         reparameterized: bool = True,
     ) -> None:
         super().__init__()
+        if not isinstance(reparameterized, bool):
+            raise UsageError(f"reparameterized must be true or false, got {reparameterized!r}")
         if not hidden or z_dim < 1:
             raise UsageError(f"the VAE needs z_dim >= 1 and at least one hidden layer size, got z_dim={z_dim}, hidden={hidden}")
         self.hparams = {"z_dim": z_dim, "hidden": list(hidden), "likelihood": likelihood, "x_shape": list(x_shape)}

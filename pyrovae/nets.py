@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pyrovae.errors import UsageError
+
 __all__ = ["MLP", "Encoder", "Decoder"]
 
 MIN_SCALE = 1e-4
@@ -23,8 +25,9 @@ class MLP(nn.Sequential):
     """Linear layers of the given sizes with an activation between each two."""
 
     def __init__(self, sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> None:
-        if len(sizes) < 2 or any(int(s) < 1 for s in sizes):
-            raise ValueError(f"an MLP needs at least two positive layer sizes, got {list(sizes)}")
+        if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
+            raise UsageError(f"layer sizes must be positive integers, at least two of them, got {list(sizes)} "
+                             "(the input's size, the hidden sizes, the output's size)")
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             if i:

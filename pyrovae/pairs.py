@@ -8,6 +8,7 @@ machinery never depends on a particular model.
 
 from __future__ import annotations
 
+import ast
 import importlib
 import importlib.util
 import inspect
@@ -101,7 +102,8 @@ def build(spec: str, args: dict[str, Any] | None = None) -> nn.Module:
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` strings; values are JSON when they parse as JSON, else strings."""
+    """Parse ``KEY=VALUE`` strings; a value is JSON (``false``, ``[400, 400]``) or a Python
+    literal (``False``, ``(400,)``) when it parses as one, else a string."""
     args: dict[str, Any] = {}
     for item in items:
         key, sep, value = item.partition("=")
@@ -110,7 +112,10 @@ def parse_model_args(items: list[str]) -> dict[str, Any]:
         try:
             args[key] = json.loads(value)
         except json.JSONDecodeError:
-            args[key] = value
+            try:
+                args[key] = ast.literal_eval(value)
+            except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+                args[key] = value
     return args
 
 

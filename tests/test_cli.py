@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 
 from pyrovae.cli import main
+from pyrovae.pairs import parse_model_options
 from pyrovae.runs import load_checkpoint, read_metrics
 
 TINY = ["--train-size", "300", "--test-size", "100", "--batch-size", "50", "--quiet"]
@@ -127,10 +128,20 @@ def test_unknown_options_become_the_pairs_constructor_arguments(tmp_path):
     assert config["model_args"] == {"z_dim": 3, "hidden": [16], "likelihood": "gaussian", "x_shape": [1, 28, 28]}
 
 
+def test_pair_option_values_may_be_json_or_python_literals():
+    assert parse_model_options(["--reparameterized", "false", "--hidden", "[16, 8]"]) == \
+        {"reparameterized": False, "hidden": [16, 8]}
+    assert parse_model_options(["--reparameterized", "False", "--hidden=(16, 8)", "--task", "complete"]) == \
+        {"reparameterized": False, "hidden": (16, 8), "task": "complete"}
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "vae", "--depth", "3"], "signature is VAE("),
     (["train", "vae", "--z-dim"], "--z-dim needs a value"),
     (["train", "vae", "stray"], "unexpected argument 'stray'"),
+    (["train", "vae", "--hidden", "[0]"], "positive integers"),
+    (["train", "vae", "--hidden", "abc"], "positive integers"),
+    (["train", "vae", "--reparameterized", "no"], "true or false"),
 ])
 def test_bad_pair_options_are_usage_errors(argv, message, capsys):
     assert main(argv) == 2

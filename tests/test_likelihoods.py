@@ -61,5 +61,6 @@ def test_nets_keep_leading_sample_dimensions():
     loc, scale = enc(torch.rand(5, 2, 1, 28, 28))
     assert loc.shape == scale.shape == (5, 2, 3) and (scale > 0).all()
     assert dec(loc).shape == (5, 2, 1, 28, 28)
-    with pytest.raises(ValueError):
-        MLP([784])
+    for sizes in ([784], [784, 0], [784, "a"], [784, 2.5]):
+        with pytest.raises(UsageError, match="positive integers"):
+            MLP(sizes)
