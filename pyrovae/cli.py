@@ -254,7 +254,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if args.label is not None and args.per_label is not None:
         raise UsageError("give --label L or --per-label N, not both")
     run = load_run(args.run, resolve_device(args.device))
-    out = Path(args.out or Path(args.run) / "samples.png")
+    # by default beside the run's files, named for the request: not over the samples.png training drew
+    kind = "" if args.label is None and args.per_label is None else \
+        f"_label{args.label}" if args.label is not None else "_per_label"
+    out = Path(args.out or Path(args.run) / f"sample{kind}.png")
     pyro.set_rng_seed(args.seed)
     by_label = getattr(run.pair, "sample_by_label", None)
     if (args.label is not None or args.per_label is not None) and not callable(by_label):
@@ -409,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw the -n images of label L (a pair with sample_by_label, such as cvae)")
     p.add_argument("--per-label", type=_positive_int, default=None, metavar="N",
                    help="draw a grid with one row of N images per label (a pair with sample_by_label)")
-    p.add_argument("--out", default=None, help="PNG file (default RUN/samples.png)")
+    p.add_argument("--out", default=None, help="PNG file (default RUN/sample.png, RUN/sample_labelL.png or "
+                   "RUN/sample_per_label.png; RUN/samples.png is training's grid)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=cmd_sample)

@@ -144,5 +144,7 @@ def test_command_line_trains_completion_and_samples_by_label(tmp_path, capsys):
     assert main(["sample", str(label), "--per-label", "3", "--out", str(tmp_path / "rows.png")]) == 0
     assert (tmp_path / "rows.png").stat().st_size > 0
     capsys.readouterr()
+    assert main(["sample", str(label), "--label", "2", "-n", "4"]) == 0
+    assert Image.open(label / "sample_label2.png").size == (62, 62)
     assert main(["sample", str(label), "--label", "10"]) == 2
     assert "--label must lie in 0..9" in capsys.readouterr().err

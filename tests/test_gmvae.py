@@ -202,4 +202,6 @@ def test_eval_reports_clustering_for_a_pair_that_clusters(tmp_path):
     assert main(["eval", str(run), "--iwae-k", "0"]) == 0
     result = json.loads((run / "eval.json").read_text())
     assert 0.1 <= result["clustering_accuracy"] <= 1 and 0 <= result["nmi"] <= 1
+    before = (run / "samples.png").read_bytes()  # drawn at the end of training
     assert main(["sample", str(run), "-n", "4"]) == 0
+    assert (run / "sample.png").stat().st_size > 0 and (run / "samples.png").read_bytes() == before
