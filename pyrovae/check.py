@@ -18,7 +18,6 @@ a clean pair says which apply.
 from __future__ import annotations
 
 import copy
-import logging
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -36,7 +35,7 @@ from pyrovae.data import binarize, load_dataset
 from pyrovae.errors import UsageError
 from pyrovae.estimators import FORMS, make_estimator
 from pyrovae.rng import forked_rng
-from pyrovae.train import check_data
+from pyrovae.train import check_data, pyro_info_silenced
 
 __all__ = ["Finding", "Site", "Network", "Report", "check_pair", "load_batch"]
 
@@ -336,10 +335,7 @@ def _leak_findings(first: nn.Module, second: nn.Module, args: tuple) -> list[Fin
 def _estimators(pair: nn.Module, args: tuple) -> dict[str, str | None]:
     """Each estimator form, without the JIT ones, run once: None where it works, else its error."""
     out: dict[str, str | None] = {}
-    logger = logging.getLogger("pyro")
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # no "Guessed max_plate_nesting" lines
-    try:
+    with pyro_info_silenced():
         for form in (f for f in FORMS if not f.pattern.startswith("jit-")):
             try:
                 with pyro.get_param_store().scope():
@@ -349,8 +345,6 @@ def _estimators(pair: nn.Module, args: tuple) -> dict[str, str | None]:
             except Exception as err:  # noqa: BLE001 - the reason is reported
                 out[form.pattern] = _why(err)
             pair.zero_grad(set_to_none=True)
-    finally:
-        logger.setLevel(level)
     return out
 
 

@@ -166,6 +166,7 @@ def _one(settings: Settings, data: Dataset, name: str, seed: int, run_dir: Path)
         "estimator": name, "seed": seed,
         "test_elbo": run.metrics[-1]["test_elbo"],
         "log_likelihood": ll.mean, "log_likelihood_stderr": ll.stderr, "k": ll.k, "ll_examples": len(test),
+        "snr_examples": len(fixed),
         "seconds_per_epoch": statistics.median(r["seconds"] for r in run.metrics),
         "snr_guide_init": init.guide, "snr_model_init": init.model,
         "snr_guide_end": end.guide, "snr_model_end": end.model,
@@ -188,10 +189,13 @@ def compare(settings: Settings, data: Dataset, out: str | Path, quiet: bool = Fa
     saved.write_text(json.dumps(current, indent=2) + "\n")
     jobs = [(name, seed) for seed in range(settings.seeds) for name in settings.estimators]
     rows = []
-    bar = tqdm(jobs, disable=quiet, file=sys.stderr, desc="compare")
-    for name, seed in bar:
+    show_bar = not quiet and sys.stderr.isatty()  # else, unless quiet, a line per run (a log has no use for a bar)
+    bar = tqdm(jobs, disable=not show_bar, file=sys.stderr, desc="compare")
+    for i, (name, seed) in enumerate(bar, 1):
         bar.set_description(f"compare: {name}, seed {seed}")
         rows.append(_one(settings, data, name, seed, out / f"{name}-seed{seed}"))
+        if not quiet and not show_bar:
+            print(f"compare: {name}, seed {seed} done ({i} of {len(jobs)})", file=sys.stderr, flush=True)
     _write_csv(rows, out / "results.csv")
     (out / "results.md").write_text(summarize(rows, settings) + "\n")
     _plot_curves(rows, out / "curves.png")
@@ -228,10 +232,10 @@ def summarize(rows: list[dict[str, Any]], settings: Settings) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, group in _by_estimator(rows).items():
         lines.append(f"| {name} | " + " | ".join(_mean_sd([r[k] for r in group]) for k in keys) + " |")
-    n = rows[0]["ll_examples"]
+    n, n_snr = rows[0]["ll_examples"], rows[0].get("snr_examples", settings.snr_batch)
     lines.append(f"\n{settings.model}, {settings.epochs} epochs, {settings.seeds} seed(s); nats per example; "
                  f"log p(x) on the first {n} test examples; SNR = mean |E g| / sd(g) over "
-                 f"{settings.snr_draws} draws on {settings.snr_batch} fixed training examples.")
+                 f"{settings.snr_draws} draws on {n_snr} fixed training examples.")
     return "\n".join(lines)
 
 

@@ -22,12 +22,14 @@ summed over ranks, rank 0 alone writing the run directory (:mod:`pyrovae.distrib
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyro
 import torch
@@ -275,8 +277,21 @@ def _settle_plate_nesting(estimator: Any, pair: nn.Module, split: Any, batch_siz
         return
     x = split.x[:batch_size]
     args = (x, split.y[:batch_size]) if uses_labels else (x,)
-    with forked_rng(x.device), poutine.block(), pyro.validation_enabled(False):
+    with forked_rng(x.device), poutine.block(), pyro.validation_enabled(False), pyro_info_silenced():
         estimator._guess_max_plate_nesting(pair.model, pair.guide, args, {})
+
+
+@contextmanager
+def pyro_info_silenced() -> Iterator[None]:
+    """Pyro's own log handler prints INFO lines (``Guessed max_plate_nesting = 1``) on
+    stderr; within this context only its warnings pass."""
+    logger = logging.getLogger("pyro")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _last_checkpoint(out: Path | None) -> str | None:

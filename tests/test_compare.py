@@ -55,13 +55,13 @@ def test_guide_snr_collapses_with_k_for_iwae_but_not_for_dreg(linear):
     assert snr["dreg-100"] > 2 * snr["iwae-100"], snr
 
 
-def test_compare_writes_tables_and_figures_and_resumes(tmp_path, data, monkeypatch):
+def test_compare_writes_tables_and_figures_and_resumes(tmp_path, data, monkeypatch, capsys):
     settings = Settings(estimators=("trace", "iwae-2"), seeds=2, **TINY)
     rows = compare(settings, data, tmp_path, quiet=True)
     assert [(r["estimator"], r["seed"]) for r in rows] == [("trace", 0), ("iwae-2", 0), ("trace", 1), ("iwae-2", 1)]
     for r in rows:
         assert r["log_likelihood"] >= r["test_elbo"] - 5 * r["log_likelihood_stderr"] - 5  # a bound at least as tight
-        assert r["k"] == 10 and r["ll_examples"] == 50 and r["snr_guide_init"] > 0
+        assert r["k"] == 10 and r["ll_examples"] == 50 and r["snr_examples"] == 16 and r["snr_guide_init"] > 0
     with open(tmp_path / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4
     table = (tmp_path / "results.md").read_text()
@@ -71,7 +71,9 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, data, monkeypat
 
     # a second call finds every run finished and trains nothing
     monkeypatch.setattr(compare_module, "train", lambda *a, **k: pytest.fail("retrained a finished run"))
-    assert compare(settings, data, tmp_path, quiet=True) == rows
+    capsys.readouterr()
+    assert compare(settings, data, tmp_path) == rows
+    assert capsys.readouterr().err.splitlines()[-1] == "compare: iwae-2, seed 1 done (4 of 4)"  # not a terminal: lines
     with pytest.raises(UsageError, match="other settings"):
         compare(Settings(estimators=("trace",), seeds=2, **TINY), data, tmp_path, quiet=True)
     fewer = Dataset(data.name, Split(data.train.x[:300], data.train.y[:300]), data.test, data.classes)

@@ -167,3 +167,9 @@ def test_first_step_of_an_epoch_runs_pyros_checks_later_steps_do_not(data):
     assert not isinstance(err.value, NonFiniteLossError)
     with pytest.raises(NonFiniteLossError, match="epoch 1, step 3"):
         train(NegativeScaleVAE(bad_step=3), data, epochs=2, batch_size=100, quiet=True)
+
+
+def test_an_estimator_that_guesses_its_plate_nesting_does_so_silently(data, caplog):
+    # Pyro logs the guess at INFO through a handler of its own, on stderr
+    train(_pair(), data, epochs=1, batch_size=100, elbo="iwae-2", quiet=True)
+    assert not [r for r in caplog.records if "max_plate_nesting" in r.getMessage()]
