@@ -49,9 +49,23 @@ def _summary(obj: object) -> str:
     return " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
 
 
+class _Help(argparse.HelpFormatter):
+    """Help that shows an option's default where it has one and its help does not say it already."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        unset = action.default is None or action.default is False or action.default == [] \
+            or action.default == argparse.SUPPRESS
+        if action.option_strings and not unset and "default" not in text:
+            text = f"{text} (default: %(default)s)".strip()
+        return text
+
+
 def cmd_models(args: argparse.Namespace) -> int:
-    for name, cls in bundled().items():
-        print(f"{name:<12} {cls.__module__}.{cls.__name__}: {_summary(cls)}")
+    pairs = bundled()
+    width = max(map(len, pairs))
+    for name, cls in pairs.items():
+        print(f"{name:<{width}}  {cls.__module__}.{cls.__name__}: {_summary(cls)}")
     print(f"\nlikelihoods (--arg likelihood=NAME): {', '.join(LIKELIHOODS)}")
     print("estimators (--elbo NAME):")
     for form in FORMS:
@@ -90,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.leave()
     final = run.metrics[-1]
     if speaks:
-        print(f"final test ELBO: {final['test_elbo']:.2f} nats per image after {final['epoch']} epochs (run in {out})")
+        print(f"final test ELBO: {final['test_elbo']:.2f} nats per image after {final['epoch']} epoch{'s' * (final['epoch'] != 1)} (run in {out})")
     return 0
 
 
@@ -329,10 +343,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders as Pyro model/guide pairs.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("models", help="list the bundled model/guide pairs, likelihoods and estimators")
+    p = sub.add_parser("models", formatter_class=_Help, help="list the bundled model/guide pairs, likelihoods and estimators")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("train", help="train a pair by SVI")
+    p = sub.add_parser("train", formatter_class=_Help, help="train a pair by SVI")
     p.add_argument("model", help="a bundled pair's name (see `pyrovae models`) or path/to/file.py:ClassName")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the pair's constructor, e.g. --arg z_dim=2 --arg hidden=[512,256]; "
@@ -341,11 +355,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="folder holding <ClassName>/raw/ idx files")
     p.add_argument("--train-size", type=_positive_int, default=None, help="use only the first N training images")
     p.add_argument("--test-size", type=_positive_int, default=None, help="use only the first N test images")
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
+    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs to train")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="examples per SVI step")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
     p.add_argument("--elbo", default=None, help=f"estimator (default: the pair's default_elbo, else trace): {valid_forms()}")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
@@ -356,28 +370,28 @@ def build_parser() -> argparse.ArgumentParser:
                    "--standalone --nproc-per-node N -m pyrovae train ...")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="compare ELBO estimators on one pair: bounds, gradient SNR, time")
+    p = sub.add_parser("compare", formatter_class=_Help, help="compare ELBO estimators on one pair: bounds, gradient SNR, time")
     p.add_argument("model", help="a bundled pair's name or path/to/file.py:ClassName")
     p.add_argument("--elbos", required=True, help=f"comma-separated estimator names: {valid_forms()}")
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1, the same for every estimator")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="as for train")
-    p.add_argument("--dataset", default="fashion-mnist")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--train-size", type=_positive_int, default=None)
-    p.add_argument("--test-size", type=_positive_int, default=None)
-    p.add_argument("--epochs", type=_positive_int, default=10)
-    p.add_argument("--batch-size", type=_positive_int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or mnist")
+    p.add_argument("--data-root", default=None, help="folder holding <ClassName>/raw/ idx files")
+    p.add_argument("--train-size", type=_positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--test-size", type=_positive_int, default=None, help="use only the first N test images")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs to train")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="examples per SVI step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--iwae-k", type=_positive_int, default=1000, help="importance samples for log p(x)")
     p.add_argument("--ll-size", type=_positive_int, default=1000, help="test examples for log p(x)")
     p.add_argument("--snr-draws", type=_positive_int, default=100, help="gradient draws for the SNR")
     p.add_argument("--snr-batch", type=_positive_int, default=64, help="size of the fixed SNR minibatch")
     p.add_argument("--out", required=True, help="folder for the runs, tables and figures")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("eval", help="test ELBO, importance-weighted log-likelihood, PSIS k-hat, NUTS posteriors; "
+    p = sub.add_parser("eval", formatter_class=_Help, help="test ELBO, importance-weighted log-likelihood, PSIS k-hat, NUTS posteriors; "
                                     "into RUN/eval.json")
     p.add_argument("run", help="a run directory written by `pyrovae train`")
     p.add_argument("--iwae-k", type=int, default=100, metavar="K",
@@ -393,18 +407,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nuts-warmup", type=int, default=300, help="NUTS warm-up steps per chain")
     p.add_argument("--gap-steps", type=int, default=500,
                    help="Adam steps fitting the best per-input guide for the gap split (0 skips the split)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("plot", help="draw a run's figures (curves, samples, latents, manifold) as PNGs")
+    p = sub.add_parser("plot", formatter_class=_Help, help="draw a run's figures (curves, samples, latents, manifold) as PNGs")
     p.add_argument("run", help="a run directory written by `pyrovae train`")
     p.add_argument("--out", default=None, help="folder for the PNGs (default RUN/plots)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("sample", help="draw images from a trained run's model")
+    p = sub.add_parser("sample", formatter_class=_Help, help="draw images from a trained run's model")
     p.add_argument("run", help="a run directory written by `pyrovae train`")
     p.add_argument("-n", type=_positive_int, default=64, help="number of images")
     p.add_argument("--nrow", type=_positive_int, default=None, help="images per row (default: a square grid)")
@@ -414,18 +428,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw a grid with one row of N images per label (a pair with sample_by_label)")
     p.add_argument("--out", default=None, help="PNG file (default RUN/sample.png, RUN/sample_labelL.png or "
                    "RUN/sample_per_label.png; RUN/samples.png is training's grid)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("check", help="run a pair once on a small batch and report common Pyro mistakes "
+    p = sub.add_parser("check", formatter_class=_Help, help="run a pair once on a small batch and report common Pyro mistakes "
                                      "(exit status 1 when it finds one)")
     p.add_argument("model", help="a bundled pair's name or path/to/file.py:ClassName")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="as for train")
     p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="folder holding <ClassName>/raw/ idx files")
     p.add_argument("--batch", type=int, default=8, help="examples in the batch the pair runs on")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed")
     p.set_defaults(func=cmd_check)
     return parser
 

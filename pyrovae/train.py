@@ -72,7 +72,7 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise PyrovaeError(f"device {device!r} asked for, but CUDA is not available on this machine; use --device cpu")
     if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
         raise PyrovaeError(f"device {device!r} asked for, but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    if dev.type not in ("cpu", "cuda"):
+    if dev.type not in ("cpu", "cuda") or (dev.type == "cpu" and dev.index not in (None, 0)):
         raise UsageError(f"unsupported device {device!r}; use cpu, cuda or cuda:N")
     return dev
 

@@ -63,6 +63,7 @@ def test_a_users_pair_trains_and_evaluates_from_its_file(tmp_path):
         (["train", "vae", "--elbo", "iwae-0"], 2, "valid forms: trace, meanfield, graph, enum, stl, iwae-K"),
         (["train", "vae", "--dataset", "cifar10"], 2, "valid names: fashion-mnist, mnist"),
         (["train", "vae", "--device", "tpu"], 2, "unknown device"),
+        (["train", "vae", "--device", "cpu:1"], 2, "unsupported device"),
         (["train", "vae", "--arg", "z_dim"], 2, "KEY=VALUE"),
         (["train", "vae", "--arg", "depth=3"], 2, "signature is VAE(z_dim"),
         (["train", "vae", "--arg", "likelihood=poisson"], 2, "unknown likelihood"),
