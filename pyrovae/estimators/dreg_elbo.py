@@ -43,8 +43,12 @@ class DReG_ELBO(ELBO):
     with :math:`\log q` inside :math:`\log w_k` evaluated with the guide's parameters
     detached. Weights are normalized per example along the ``data`` plate.
 
-    Parameters that appear only in the guide get the DReG gradient; all others (the
-    model's) get the IWAE gradient. Every guide sample site must be reparameterized.
+    Parameters that appear only in the guide get the DReG gradient; all others get the
+    IWAE gradient :math:`\sum_k \tilde w_k \nabla \log w_k`, with the guide's density
+    differentiated in full for a parameter that the model and the guide share (the DReG
+    identity rewrites only the score term of a guide-only parameter; dropping that term
+    for a shared one would bias its gradient). Every guide sample site must be
+    reparameterized.
 
     :param num_particles: :math:`K`, samples per example.
     :param vectorize_particles: draw the :math:`K` samples in one vectorized pass.
@@ -63,25 +67,29 @@ class DReG_ELBO(ELBO):
         return model_trace, guide_trace
 
     def _log_weights(self, model, guide, args, kwargs):
-        """Log-weights of shape (K, ...) with q's parameters detached, and the parameters
-        (unconstrained leaves) of the model and of the guide alone."""
-        particles, model_params, guide_params = [], set(), set()
+        """Log-weights of shape (K, ...) with q's parameters detached, the same with them
+        attached, and the parameters (unconstrained leaves) of the model alone, of the
+        guide alone and of both."""
+        detached, attached, model_params, guide_params = [], [], set(), set()
         for model_trace, guide_trace in self._get_traces(model, guide, args, kwargs):
             sum_dims = get_dependent_plate_dims(model_trace.nodes.values())
-            log_w = 0.0
+            log_p, log_q, log_q_detached = 0.0, 0.0, 0.0
             for site in model_trace.nodes.values():
                 if site["type"] == "sample":
-                    log_w = log_w + torch_sum(site["log_prob"], sum_dims)
+                    log_p = log_p + torch_sum(site["log_prob"], sum_dims)
                 elif site["type"] == "param":
                     model_params.add(site["value"].unconstrained())
             for site in guide_trace.nodes.values():
                 if site["type"] == "sample" and not site["is_observed"]:
-                    log_w = log_w - torch_sum(detached_log_prob(site), sum_dims)
+                    log_q = log_q + torch_sum(site["log_prob"], sum_dims)
+                    log_q_detached = log_q_detached + torch_sum(detached_log_prob(site), sum_dims)
                 elif site["type"] == "param":
                     guide_params.add(site["value"].unconstrained())
-            particles.append(log_w)
-        log_w = particles[0] if self.vectorize_particles and self.num_particles > 1 else torch.stack(particles)
-        return log_w, model_params, guide_params - model_params
+            detached.append(log_p - log_q_detached)
+            attached.append(log_p - log_q)
+        stack = (lambda w: w[0]) if self.vectorize_particles and self.num_particles > 1 else torch.stack
+        return (stack(detached), stack(attached), model_params - guide_params, guide_params - model_params,
+                model_params & guide_params)
 
     def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
         return (torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
@@ -95,10 +103,11 @@ class DReG_ELBO(ELBO):
 
     def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
         """The negative IWAE bound; accumulates the DReG gradients into each ``.grad``."""
-        log_w, model_params, guide_params = self._log_weights(model, guide, args, kwargs)
+        log_w, log_w_attached, model_params, guide_params, shared = self._log_weights(model, guide, args, kwargs)
         weights = torch.softmax(log_w.detach(), dim=0)
         targets = [(-(weights * log_w).sum(), list(model_params)),
-                   (-(weights.pow(2) * log_w).sum(), list(guide_params))]
+                   (-(weights.pow(2) * log_w).sum(), list(guide_params)),
+                   (-(weights * log_w_attached).sum(), list(shared))]
         for surrogate, params in targets:
             params = [p for p in params if p.requires_grad]
             if params and surrogate.requires_grad:
