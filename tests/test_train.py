@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pyro
 import pytest
 import torch
 
-from example_pairs import OffsetVAE, PoisonedVAE
+from example_pairs import OffsetVAE, PoisonedVAE, linear_pair
 from pyrovae import Callback, load_run, train
 from pyrovae.data import Dataset, Split
 from pyrovae.errors import NonFiniteLossError, PyrovaeError, UsageError
@@ -173,3 +174,39 @@ def test_an_estimator_that_guesses_its_plate_nesting_does_so_silently(data, capl
     # Pyro logs the guess at INFO through a handler of its own, on stderr
     train(_pair(), data, epochs=1, batch_size=100, elbo="iwae-2", quiet=True)
     assert not [r for r in caplog.records if "max_plate_nesting" in r.getMessage()]
+
+
+def _linear_data(pair, n_train: int = 170, n_test: int = 80) -> Dataset:
+    torch.manual_seed(1)
+    x = pair.marginal().sample((n_train + n_test,)).detach()
+    return Dataset("linear", Split(x[:n_train], torch.zeros(n_train)), Split(x[n_train:], torch.zeros(n_test)), ())
+
+
+def test_reported_elbos_are_the_exact_log_likelihoods_at_the_exact_posterior():
+    """With the guide at the exact posterior, log p(x, z) - log q(z | x) = log p(x) for every
+    z: an epoch's train and test ELBO are then the mean exact log-likelihoods of the splits
+    (a learning rate of 1e-12 keeps the parameters where they are)."""
+    pair = linear_pair()  # float64, orthogonal columns: its optimal guide is the exact posterior
+    data = _linear_data(pair)  # 170 = 2 x 64 + 42: the last batch is short
+    run = train(pair, data, epochs=1, batch_size=64, lr=1e-12, quiet=True)
+    with torch.no_grad():
+        train_ll, test_ll = pair.log_marginal(data.train.x).mean().item(), pair.log_marginal(data.test.x).mean().item()
+    assert run.metrics[0]["train_elbo"] == pytest.approx(train_ll, abs=1e-6)
+    assert run.metrics[0]["test_elbo"] == pytest.approx(test_ll, abs=1e-6)
+
+
+def test_a_run_trained_on_a_k_sample_bound_reports_the_elbo():
+    """iwae-50 trains on the 50-sample bound, but the reported test ELBO is the ELBO
+    (closed form here), several nats below the bound with this imperfect guide."""
+    from test_estimators import closed_form_elbo, direct_log_weights
+
+    pair = linear_pair(perturb=True)
+    data = _linear_data(pair)
+    x = data.test.x
+    elbo = closed_form_elbo(pair, x) / len(x)
+    log_w = direct_log_weights(pair, x, 50 * 200).reshape(200, 50, len(x))
+    bound = (torch.logsumexp(log_w, 1) - math.log(50)).mean().item()
+    se = log_w.flatten(0, 1).var(0).mean().sqrt().item() / len(x) ** 0.5  # one draw per image
+    run = train(pair, data, epochs=1, batch_size=64, lr=1e-12, elbo="iwae-50", quiet=True)
+    assert bound - elbo > 6 * se  # far apart at this guide (about 8 standard errors)
+    assert abs(run.metrics[0]["test_elbo"] - elbo) < 4 * se, (run.metrics[0]["test_elbo"], elbo, bound, se)
