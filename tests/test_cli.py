@@ -9,12 +9,16 @@ import sys
 import time
 from pathlib import Path
 
+import pyro
 import pytest
 from PIL import Image
+from pyro.infer import Trace_ELBO
 
 from pyrovae.cli import main
+from pyrovae.data import evaluation_split, load_dataset
+from pyrovae.evaluate import mean_elbo
 from pyrovae.pairs import parse_model_options
-from pyrovae.runs import load_checkpoint, read_metrics
+from pyrovae.runs import load_checkpoint, load_run, read_metrics
 
 TINY = ["--train-size", "300", "--test-size", "100", "--batch-size", "50", "--quiet"]
 SMALL_VAE = ["--arg", "z_dim=4", "--arg", "hidden=[16]"]
@@ -41,6 +45,12 @@ def test_train_eval_sample_end_to_end(tmp_path, capsys):
     assert result["num_examples"] == 100 and result["estimator"] == "trace"
     # the same bound on the same fixed binarization: equal up to single-sample noise
     assert abs(result["test_elbo"] - metrics[-1]["test_elbo"]) < 10
+    # and exactly what the trained pair gives there under eval's seed (0) and batch size (100)
+    loaded = load_run(run)
+    test = evaluation_split(load_dataset(train_size=1, test_size=100).test, True)
+    with loaded.param_scope():
+        pyro.set_rng_seed(0)
+        assert result["test_elbo"] == pytest.approx(mean_elbo(loaded.pair, test, Trace_ELBO(), 100), abs=1e-9)
 
     png = tmp_path / "samples.png"
     assert main(["sample", str(run), "-n", "9", "--out", str(png)]) == 0

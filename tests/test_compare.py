@@ -81,9 +81,10 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, data, monkeypat
         compare(settings, fewer, tmp_path, quiet=True)
 
 
-@pytest.mark.parametrize("kwargs", [{"estimators": ("trace", "iwae-0")}, {"estimators": ()}, {"snr_draws": 1}])
-def test_bad_settings_are_usage_errors(kwargs):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("kwargs, message", [({"estimators": ("trace", "iwae-0")}, "unknown estimator 'iwae-0'"),
+                                             ({"estimators": ()}, "estimator"), ({"snr_draws": 1}, "snr")])
+def test_bad_settings_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
         Settings(**{**TINY, "estimators": ("trace",), **kwargs})
 
 

@@ -39,9 +39,11 @@ def test_missing_data_error_names_every_way_to_get_it(tmp_path, monkeypatch):
         assert way in message
 
 
-@pytest.mark.parametrize("kwargs", [{"name": "cifar10"}, {"train_size": 0}, {"test_size": -3}])
-def test_bad_arguments_are_usage_errors(kwargs):
-    with pytest.raises(UsageError):
+@pytest.mark.parametrize("kwargs, message", [({"name": "cifar10"}, "unknown dataset 'cifar10'"),
+                                             ({"train_size": 0}, "train_size must be a positive"),
+                                             ({"test_size": -3}, "test_size must be a positive")])
+def test_bad_arguments_are_usage_errors(kwargs, message):
+    with pytest.raises(UsageError, match=message):
         load_dataset(**kwargs)
 
 
@@ -81,5 +83,5 @@ def test_dynamic_binarization_has_the_grey_level_as_probability():
     assert ones.shape == x.shape and ones.dtype == x.dtype and set(ones.unique().tolist()) == {0.0, 1.0}
     freq = ones[: 256 * 40_000].view(40_000, 256).mean(0)
     se = (levels * (1 - levels) / 40_000).sqrt()
-    assert (freq - levels).abs().max() <= (5 * se).max()
+    assert ((freq - levels).abs() <= 5 * se + 2**-15).all()  # level by level (16-bit thresholds)
     assert freq[0] == 0 and freq[-1] == 1

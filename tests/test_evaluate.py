@@ -321,7 +321,8 @@ def test_analytic_kl_is_the_closed_form_for_a_normal_guide_and_a_standard_normal
     pyro.set_rng_seed(0)
     sampled = elbo_terms(pair, split, num_samples=400, analytic_kl=False)
     assert abs(sampled.kl - closed) < 0.05 * closed + 0.05, (sampled.kl, closed)
-    assert abs(sampled.reconstruction - terms.reconstruction) < 2.0
+    pyro.set_rng_seed(0)  # the same draws of z: the reconstruction term does not depend on how the KL is taken
+    assert elbo_terms(pair, split, num_samples=400).reconstruction == pytest.approx(sampled.reconstruction, rel=1e-9)
 
 
 def test_elbo_terms_on_the_linear_pair_match_its_closed_form_elbo(pair, x):

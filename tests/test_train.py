@@ -130,11 +130,11 @@ def test_bad_run_directories_are_refused(tmp_path, data):
 
 @pytest.mark.parametrize(
     "kwargs, error",
-    [({"elbo": "nope"}, UsageError), ({"device": "tpu"}, UsageError), ({"epochs": 0}, UsageError),
-     ({"lr": -1.0}, UsageError), ({"resume": True}, UsageError)],
+    [({"elbo": "nope"}, "unknown estimator"), ({"device": "tpu"}, "unknown device"), ({"epochs": 0}, "epochs"),
+     ({"lr": -1.0}, "lr > 0"), ({"resume": True}, "resume=True needs")],
 )
 def test_bad_options_are_usage_errors(kwargs, error, data):
-    with pytest.raises(error):
+    with pytest.raises(UsageError, match=error):
         train(_pair(), data, **{**SMALL, **kwargs})
 
 
