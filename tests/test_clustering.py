@@ -61,6 +61,23 @@ def test_kmeans_recovers_separated_blobs():
         kmeans(x, 0)
 
 
+def test_kmeans_keeps_the_restart_of_least_inertia():
+    # ten overlapping blobs in two dimensions: single k-means runs end in different local optima
+    x = torch.randn(600, 2, generator=torch.Generator().manual_seed(3)) + 2.5 * torch.randn(
+        10, 2, generator=torch.Generator().manual_seed(4)).repeat_interleave(60, 0)
+
+    def inertia(n_init: int, seed: int) -> float:
+        assign, centers = kmeans(x, 10, n_init=n_init, seed=seed)
+        return float((x - centers[assign]).pow(2).sum())
+
+    singles = [inertia(1, seed) for seed in range(8)]
+    assert len({round(v, 3) for v in singles}) > 1  # the data has several local optima
+    best_of_8 = [inertia(8, seed) for seed in range(8)]
+    # the first of 8 restarts is the single run: never worse, and better where a later one is
+    assert all(b <= s + 1e-6 for b, s in zip(best_of_8, singles))
+    assert any(b < s - 1e-3 for b, s in zip(best_of_8, singles))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_kmeans_on_a_gpu_picks_what_it_picks_on_the_cpu():
     g = torch.Generator().manual_seed(0)

@@ -14,6 +14,7 @@ from pyrovae.data import Dataset, Split
 from pyrovae.compare import Settings, compare, gradient_snr
 from pyrovae.errors import UsageError
 from pyrovae.estimators import make_estimator
+from pyrovae.runs import read_metrics
 from test_estimators import _linear_pair, grad_draws, guide_slice
 
 TINY = dict(model="vae", model_args={"z_dim": 4, "hidden": [16]}, epochs=1, batch_size=100,
@@ -61,6 +62,8 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, data, monkeypat
     assert [(r["estimator"], r["seed"]) for r in rows] == [("trace", 0), ("iwae-2", 0), ("trace", 1), ("iwae-2", 1)]
     for r in rows:
         assert r["log_likelihood"] >= r["test_elbo"] - 5 * r["log_likelihood_stderr"] - 5  # a bound at least as tight
+        metrics = read_metrics(tmp_path / f"{r['estimator']}-seed{r['seed']}")  # the row is its run's record
+        assert r["test_elbo"] == metrics[-1]["test_elbo"] and r["curve"] == [m["test_elbo"] for m in metrics]
         assert r["k"] == 10 and r["ll_examples"] == 50 and r["snr_examples"] == 16 and r["snr_guide_init"] > 0
     with open(tmp_path / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 4

@@ -84,3 +84,8 @@ def test_training_recovers_the_pca_subspace_and_the_exact_likelihood():
     learned_ll = pair.log_marginal(x[3000:]).mean().item()
     assert abs(learned_ll - best) < 0.1, (learned_ll, best)  # nats per example; measured 0.03
     assert run.metrics[-1]["test_elbo"] > best - 0.5  # the diagonal guide is nearly exact here
+    # and a bound: above log p(x) only by its Monte Carlo error (one draw per test example)
+    from test_estimators import direct_log_weights
+
+    se = direct_log_weights(pair, x[3000:], 200).var(0).mean().sqrt().item() / 1000**0.5
+    assert run.metrics[-1]["test_elbo"] <= learned_ll + 4 * se, (run.metrics[-1]["test_elbo"], learned_ll, se)
