@@ -43,6 +43,7 @@ RUN = {"epochs": 2, "batch_size": 128, "quiet": True}
 # of two, as when each rank walks through only its half of the batches). A wrong loss
 # scale would not show here (Adam's steps do not change with it): the gradient test checks that.
 TOLERANCE = 1.5
+ELBOS = ("trace", "graph", "iwae-3", "dreg-3")  # the last two vectorize their particles
 CLI_RUN = ["--arg", "z_dim=4", "--arg", "hidden=[32]", "--train-size", "300", "--test-size", "64",
            "--batch-size", "100", "--quiet"]
 
@@ -96,7 +97,7 @@ def _worker(rank: int, port: int, tmp: str) -> None:
                       WORLD_SIZE="2", LOCAL_WORLD_SIZE="2", OMP_NUM_THREADS="1")
     distributed.join_from_env("cpu")
     results = {}
-    for elbo in ("trace", "graph"):  # through DDP, and through the explicit all-reduce
+    for elbo in ELBOS:  # through DDP (trace), and through the explicit all-reduce (the others)
         pyro.clear_param_store()
         pair, optim = _no_latents(), RecordGrads()
         step = distributed.DataParallelStep(pair, make_estimator(elbo), optim, torch.device("cpu"))
@@ -131,7 +132,7 @@ def two_ranks(tmp_path_factory) -> tuple[Path, list[dict]]:
     return tmp, [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
-@pytest.mark.parametrize("elbo", ["trace", "graph"])
+@pytest.mark.parametrize("elbo", ELBOS)
 def test_a_sharded_step_has_the_gradient_of_the_global_batch(elbo, two_ranks):
     pair = _no_latents()
     x = _global_batch()
