@@ -278,6 +278,14 @@ def test_eval_writes_log_likelihood_gap_and_khat(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", str(run), "--iwae-k", "-1"]) == 2
     assert "--iwae-k must be 0 or more" in capsys.readouterr().err
+    # one image has no standard error: eval.json says null, which every JSON reader takes (not NaN)
+    assert main(["eval", str(run), "--iwae-k", "30", "--test-size", "1", "--chunk-size", "30"]) == 0
+
+    def refuse(constant: str) -> None:
+        raise AssertionError(f"eval.json holds {constant}")
+
+    one = json.loads((run / "eval.json").read_text(), parse_constant=refuse)
+    assert one["num_examples"] == 1 and one["log_likelihood_stderr"] is None
     assert main(["eval", str(run), "--test-size", "5", "--posterior", "6"]) == 2
     assert "more inputs than the 5 test images" in capsys.readouterr().err
 
