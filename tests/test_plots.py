@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyro
+import pytest
 import torch
 from PIL import Image
 
@@ -13,7 +14,7 @@ from pyrovae import train
 from pyrovae.cli import main
 from pyrovae.data import evaluation_split
 from pyrovae.models import GMVAE, VAE
-from pyrovae.plots import decode_means, encode_means, save_figures, save_manifold
+from pyrovae.plots import decode_means, encode_means, save_figures, save_interpolations, save_manifold
 
 TINY = ["--train-size", "300", "--test-size", "100", "--batch-size", "50", "--quiet"]
 
@@ -100,3 +101,44 @@ def test_a_run_directory_that_is_not_a_run_is_one_message(tmp_path, capsys):
     assert main(["plot", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "no checkpoint" in err and "Traceback" not in err
+
+
+class ZProbe(torch.nn.Module):
+    """Images that show their code: the left half is sigmoid(z[0]) grey, the right half sigmoid(z[1])."""
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([x[:, 0, 0, 0], x[:, 0, 0, -1]], 1).logit()  # inverts decode on its own images
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        halves = torch.sigmoid(z)[:, :, None, None].expand(-1, -1, 28, 14)
+        return torch.cat([halves[:, :1], halves[:, 1:]], -1)
+
+
+def _tile(path: Path, row: int, col: int, padding: int) -> tuple[float, float]:
+    """The grey levels of the left and right halves of one tile of a saved grid."""
+    with Image.open(path) as image:
+        grid = torch.tensor(list(image.convert("L").getdata()), dtype=torch.float64).view(image.size[1], image.size[0])
+    top, left = padding + row * (28 + padding), padding + col * (28 + padding)
+    tile = grid[top:top + 28, left:left + 28] / 255
+    return tile[:, :14].mean().item(), tile[:, 14:].mean().item()
+
+
+def test_the_manifold_puts_prior_quantiles_on_a_grid_z0_rightwards_z1_upwards(tmp_path):
+    n = 4
+    path = save_manifold(ZProbe(), torch.full((2, 1, 28, 28), 0.5), tmp_path / "m.png", n=n)
+    ticks = torch.distributions.Normal(0.0, 1.0).icdf((torch.arange(n, dtype=torch.float64) + 0.5) / n)
+    for row in range(n):
+        for col in range(n):
+            left, right = _tile(path, row, col, padding=1)
+            assert left == pytest.approx(torch.sigmoid(ticks[col]).item(), abs=1 / 255)
+            assert right == pytest.approx(torch.sigmoid(ticks[n - 1 - row]).item(), abs=1 / 255)
+
+
+def test_an_interpolation_row_runs_from_one_code_to_the_other(tmp_path):
+    codes = torch.tensor([[-2.0, 1.0], [2.0, -1.0]])
+    images = ZProbe().decode(codes)
+    path = save_interpolations(ZProbe(), images[:1], images[1:], tmp_path / "i.png", steps=5)
+    for col, t in enumerate(torch.linspace(0, 1, 5).tolist(), 1):  # column 0 is the first input
+        expected = torch.sigmoid(codes[0] + t * (codes[1] - codes[0]))
+        assert _tile(path, 0, col, padding=2) == pytest.approx(expected.tolist(), abs=1 / 255)
+    assert _tile(path, 0, 6, padding=2) == pytest.approx(torch.sigmoid(codes[1]).tolist(), abs=1 / 255)
