@@ -22,14 +22,19 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
+from pyro.infer import Trace_ELBO
 from torch.distributions import constraints
 
 from example_pairs import OffsetVAE
 from pyrovae import load_dataset, train
 from pyrovae import distributed
 from pyrovae.cli import build_parser, main
-from pyrovae.errors import PyrovaeError
+from pyrovae.data import Split
+from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import make_estimator
+from pyrovae.evaluate import mean_elbo
+from pyrovae.models import AutoEncoder
+from pyrovae.train import epoch_generator
 from pyrovae.runs import read_metrics
 
 pytestmark = pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed is not built")
@@ -210,3 +215,36 @@ def test_train_nproc_hands_each_process_the_same_command(monkeypatch, tmp_path):
 def test_nproc_under_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "vae", "--nproc", "2"]) == 2
+
+
+def test_each_global_batch_is_shared_out_whole_and_a_tiny_last_batch_joins_the_one_before():
+    """Ranks' slices, put together, are the one-process batches in the one-process order;
+    10 examples in batches of 4 over 3 ranks: 4, then 6 (a last batch of 2 cannot feed 3 ranks)."""
+    split = Split(torch.arange(10.0)[:, None], torch.arange(10))
+    order = torch.randperm(10, generator=epoch_generator(5, 2, 0, torch.device("cpu")))
+    slices = [list(distributed.Group(rank, 3).shards(split, 4, 5, 2, False, torch.device("cpu"))) for rank in range(3)]
+    assert [len(s) for s in slices] == [2, 2, 2]
+    for b, (start, stop) in enumerate([(0, 4), (4, 10)]):
+        together = torch.cat([slices[rank][b][1] for rank in range(3)])
+        assert torch.equal(together, order[start:stop])
+    with pytest.raises(UsageError, match="cannot be shared by 3 processes"):
+        next(distributed.Group(0, 3).shards(Split(split.x[:2], split.y[:2]), 4, 5, 2, False, torch.device("cpu")))
+
+
+def test_the_test_elbo_of_uneven_slices_is_the_mean_over_examples(monkeypatch):
+    """7 test examples on 2 ranks (4 and 3): the sum of the ranks' ELBO sums over 7, as one process
+    gets, not the mean of the two ranks' means (the autoencoder's ELBO has no randomness)."""
+    torch.manual_seed(0)
+    pair = AutoEncoder(z_dim=2, hidden=[8])
+    x = torch.rand(7, 1, 28, 28).round()
+    split = Split(x, torch.zeros(7))
+    parts = {}
+    monkeypatch.setattr(distributed.Group, "sum", lambda self, value, device: parts.setdefault(self.rank, value))
+    with pyro.get_param_store().scope():
+        whole = mean_elbo(pair, split, Trace_ELBO(), 100, False)
+        for rank in range(2):
+            distributed.Group(rank, 2).mean_elbo(pair, split, Trace_ELBO(), 100, False)
+        per_rank = [mean_elbo(pair, Split(x[:4], split.y[:4]), Trace_ELBO(), 100, False),
+                    mean_elbo(pair, Split(x[4:], split.y[4:]), Trace_ELBO(), 100, False)]
+    assert (parts[0] + parts[1]) / 7 == pytest.approx(whole, rel=1e-6)  # float32 sums
+    assert abs(sum(per_rank) / 2 - whole) > 1e-3  # averaging the ranks' means would show
