@@ -248,3 +248,10 @@ def test_the_test_elbo_of_uneven_slices_is_the_mean_over_examples(monkeypatch):
                     mean_elbo(pair, Split(x[4:], split.y[4:]), Trace_ELBO(), 100, False)]
     assert (parts[0] + parts[1]) / 7 == pytest.approx(whole, rel=1e-6)  # float32 sums
     assert abs(sum(per_rank) / 2 - whole) > 1e-3  # averaging the ranks' means would show
+
+
+def test_the_launcher_returns_the_status_of_a_process_that_said_why(capfd):
+    """Real processes through torch's elastic launcher (as --nproc 2 starts them): each refuses
+    an unknown model with status 2 and its one-line message, and launch returns that status."""
+    assert distributed.launch(2, ["train", "no-such-model", "--quiet"]) == 2
+    assert "unknown model 'no-such-model'" in capfd.readouterr().err
