@@ -49,6 +49,18 @@ def _summary(obj: object) -> str:
     return " ".join((obj.__doc__ or "").strip().split("\n\n")[0].split())
 
 
+def _training_options(p: argparse.ArgumentParser) -> None:
+    """The data and optimization options that train and compare share."""
+    p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
+    p.add_argument("--data-root", default=None, help="folder holding <ClassName>/raw/ idx files")
+    p.add_argument("--train-size", type=_positive_int, default=None, help="use only the first N training images")
+    p.add_argument("--test-size", type=_positive_int, default=None, help="use only the first N test images")
+    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs to train")
+    p.add_argument("--batch-size", type=_positive_int, default=256, help="examples per SVI step")
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+
+
 class _Help(argparse.HelpFormatter):
     """Help that shows an option's default where it has one and its help does not say it already."""
 
@@ -351,16 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the pair's constructor, e.g. --arg z_dim=2 --arg hidden=[512,256]; "
                    "options the command does not know, such as --task complete, are passed the same way")
-    p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
-    p.add_argument("--data-root", default=None, help="folder holding <ClassName>/raw/ idx files")
-    p.add_argument("--train-size", type=_positive_int, default=None, help="use only the first N training images")
-    p.add_argument("--test-size", type=_positive_int, default=None, help="use only the first N test images")
-    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs to train")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="examples per SVI step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    _training_options(p)
     p.add_argument("--elbo", default=None, help=f"estimator (default: the pair's default_elbo, else trace): {valid_forms()}")
     p.add_argument("--seed", type=int, default=0, help="random seed")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only the final result")
@@ -375,14 +380,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--elbos", required=True, help=f"comma-separated estimator names: {valid_forms()}")
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1, the same for every estimator")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="as for train")
-    p.add_argument("--dataset", default="fashion-mnist", help="fashion-mnist or mnist")
-    p.add_argument("--data-root", default=None, help="folder holding <ClassName>/raw/ idx files")
-    p.add_argument("--train-size", type=_positive_int, default=None, help="use only the first N training images")
-    p.add_argument("--test-size", type=_positive_int, default=None, help="use only the first N test images")
-    p.add_argument("--epochs", type=_positive_int, default=10, help="epochs to train")
-    p.add_argument("--batch-size", type=_positive_int, default=256, help="examples per SVI step")
-    p.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    _training_options(p)
     p.add_argument("--iwae-k", type=_positive_int, default=1000, help="importance samples for log p(x)")
     p.add_argument("--ll-size", type=_positive_int, default=1000, help="test examples for log p(x)")
     p.add_argument("--snr-draws", type=_positive_int, default=100, help="gradient draws for the SNR")
