@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any, Callable
 
 import torch
 from pyro.infer import ELBO
@@ -94,14 +95,14 @@ class DReG_ELBO(ELBO):
     def _bound(self, log_w: torch.Tensor) -> torch.Tensor:
         return (torch.logsumexp(log_w, dim=0) - math.log(self.num_particles)).sum()
 
-    def loss(self, model, guide, *args, **kwargs) -> float:
+    def loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """The negative IWAE bound (a float), from one draw of K samples per example."""
         with torch.no_grad():
             loss = -self._bound(self._log_weights(model, guide, args, kwargs)[0]).item()
         warn_if_nan(loss, "loss")
         return loss
 
-    def loss_and_grads(self, model, guide, *args, **kwargs) -> float:
+    def loss_and_grads(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> float:
         """The negative IWAE bound; accumulates the DReG gradients into each ``.grad``."""
         log_w, log_w_attached, model_params, guide_params, shared = self._log_weights(model, guide, args, kwargs)
         weights = torch.softmax(log_w.detach(), dim=0)
