@@ -8,6 +8,7 @@ unflattens only its last one.
 from __future__ import annotations
 
 import math
+from numbers import Integral
 from typing import Sequence
 
 import torch
@@ -25,7 +26,7 @@ class MLP(nn.Sequential):
     """Linear layers of the given sizes with an activation between each two."""
 
     def __init__(self, sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU) -> None:
-        if len(sizes) < 2 or any(not isinstance(s, int) or isinstance(s, bool) or s < 1 for s in sizes):
+        if len(sizes) < 2 or any(not isinstance(s, Integral) or isinstance(s, bool) or s < 1 for s in sizes):
             raise UsageError(f"layer sizes must be positive integers, at least two of them, got {list(sizes)} "
                              "(the input's size, the hidden sizes, the output's size)")
         layers: list[nn.Module] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -64,3 +65,4 @@ def test_nets_keep_leading_sample_dimensions():
     for sizes in ([784], [784, 0], [784, "a"], [784, 2.5]):
         with pytest.raises(UsageError, match="positive integers"):
             MLP(sizes)
+    assert MLP([784, np.int64(16), 2])[-1].in_features == 16  # NumPy integers are integers
