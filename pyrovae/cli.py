@@ -7,6 +7,7 @@ options, 1 for everything else, 130 when stopped by Ctrl-C or SIGTERM).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -353,12 +354,13 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pyrovae", description="Variational autoencoders as Pyro model/guide pairs.")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True,
+                                parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_Help))
 
-    p = sub.add_parser("models", formatter_class=_Help, help="list the bundled model/guide pairs, likelihoods and estimators")
+    p = sub.add_parser("models", help="list the bundled model/guide pairs, likelihoods and estimators")
     p.set_defaults(func=cmd_models)
 
-    p = sub.add_parser("train", formatter_class=_Help, help="train a pair by SVI")
+    p = sub.add_parser("train", help="train a pair by SVI")
     p.add_argument("model", help="a bundled pair's name (see `pyrovae models`) or path/to/file.py:ClassName")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
                    help="keyword argument for the pair's constructor, e.g. --arg z_dim=2 --arg hidden=[512,256]; "
@@ -375,7 +377,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "--standalone --nproc-per-node N -m pyrovae train ...")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", formatter_class=_Help, help="compare ELBO estimators on one pair: bounds, gradient SNR, time")
+    p = sub.add_parser("compare", help="compare ELBO estimators on one pair: bounds, gradient SNR, time")
     p.add_argument("model", help="a bundled pair's name or path/to/file.py:ClassName")
     p.add_argument("--elbos", required=True, help=f"comma-separated estimator names: {valid_forms()}")
     p.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1, the same for every estimator")
@@ -389,7 +391,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("eval", formatter_class=_Help, help="test ELBO, importance-weighted log-likelihood, PSIS k-hat, NUTS posteriors; "
+    p = sub.add_parser("eval", help="test ELBO, importance-weighted log-likelihood, PSIS k-hat, NUTS posteriors; "
                                     "into RUN/eval.json")
     p.add_argument("run", help="a run directory written by `pyrovae train`")
     p.add_argument("--iwae-k", type=int, default=100, metavar="K",
@@ -409,14 +411,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("plot", formatter_class=_Help, help="draw a run's figures (curves, samples, latents, manifold) as PNGs")
+    p = sub.add_parser("plot", help="draw a run's figures (curves, samples, latents, manifold) as PNGs")
     p.add_argument("run", help="a run directory written by `pyrovae train`")
     p.add_argument("--out", default=None, help="folder for the PNGs (default RUN/plots)")
     p.add_argument("--seed", type=int, default=0, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_plot)
 
-    p = sub.add_parser("sample", formatter_class=_Help, help="draw images from a trained run's model")
+    p = sub.add_parser("sample", help="draw images from a trained run's model")
     p.add_argument("run", help="a run directory written by `pyrovae train`")
     p.add_argument("-n", type=_positive_int, default=64, help="number of images")
     p.add_argument("--nrow", type=_positive_int, default=None, help="images per row (default: a square grid)")
@@ -430,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_sample)
 
-    p = sub.add_parser("check", formatter_class=_Help, help="run a pair once on a small batch and report common Pyro mistakes "
+    p = sub.add_parser("check", help="run a pair once on a small batch and report common Pyro mistakes "
                                      "(exit status 1 when it finds one)")
     p.add_argument("model", help="a bundled pair's name or path/to/file.py:ClassName")
     p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE", help="as for train")

@@ -107,8 +107,9 @@ class DReG_ELBO(ELBO):
         log_w, log_w_attached, model_params, guide_params, shared = self._log_weights(model, guide, args, kwargs)
         weights = torch.softmax(log_w.detach(), dim=0)
         targets = [(-(weights * log_w).sum(), list(model_params)),
-                   (-(weights.pow(2) * log_w).sum(), list(guide_params)),
-                   (-(weights * log_w_attached).sum(), list(shared))]
+                   (-(weights.pow(2) * log_w).sum(), list(guide_params))]
+        if shared:  # none in the bundled pairs: no third surrogate for them
+            targets.append((-(weights * log_w_attached).sum(), list(shared)))
         for surrogate, params in targets:
             params = [p for p in params if p.requires_grad]
             if params and surrogate.requires_grad:
