@@ -3,7 +3,7 @@
 In one run, on the same data (training split for fitting, test split for scoring):
 
 1. k-means (k = 10, k-means++ seeding, best of 2 restarts) on raw pixels;
-2. for each of ``--seeds``, a plain VAE (same z_dim and hidden sizes) trained for
+2. for each of ``--seeds``, a plain VAE (same z_dim, hidden sizes and likelihood) trained for
    ``--vae-epochs``, then k-means on its latent means (the least inertia of as many
    restarts as the GMVAE's k-means start makes, ``init_restarts``): the
    reference the GMVAE of the same seed is paired with, as this accuracy moves by
@@ -25,7 +25,7 @@ GMVAE each seed and the mean. Published anchors: ClusterGAN 0.61 on Fashion-MNIS
 
 Run from the repository root (about 25 minutes on one core with the defaults, 3 seeds)::
 
-    OMP_NUM_THREADS=1 python benchmarks/gmvae_clustering.py [--epochs 15] [--seeds 0 1 2] [--z-dim Z] [--hidden H ...] [--train-size N]
+    OMP_NUM_THREADS=1 python benchmarks/gmvae_clustering.py [--epochs 15] [--seeds 0 1 2] [--z-dim Z] [--hidden H ...] [--likelihood L] [--train-size N]
 
 Writes ``benchmarks/results/gmvae_clustering.md``, ``.json`` and
 ``gmvae_clustering_components.png`` (samples, one row per component, of the first seed's GMVAE).
@@ -52,11 +52,13 @@ import torch
 import pyrovae
 from pyrovae.cli import main as pyrovae_cli
 from pyrovae.clustering import clustering_accuracy, kmeans, normalized_mutual_info
+from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.models import GMVAE, VAE
 from pyrovae.plots import save_rows
 from pyrovae.runs import load_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
+LIKELIHOOD_WORDS = {"bernoulli": "Bernoulli likelihood on dynamically binarized pixels"}
 
 
 def scores(clusters: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -130,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-restarts", type=int, default=gmvae_defaults["init_restarts"],
                         help="k-means restarts of the GMVAE's start and of the references on VAE codes, the least "
                         "inertia kept (default: the GMVAE's)")
+    parser.add_argument("--likelihood", default=gmvae_defaults["likelihood"], choices=list(LIKELIHOODS),
+                        help="likelihood of the GMVAE and of the same-size reference VAE (default: the GMVAE's); "
+                        "the default-VAE reference keeps its own")
     parser.add_argument("--train-size", type=int, default=None, help="first N training images (default all 60000)")
     parser.add_argument("--test-size", type=int, default=None)
     parser.add_argument("--batch-size", type=int, default=128)
@@ -176,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     vae_defaults = {k: v.default for k, v in inspect.signature(VAE).parameters.items()}
     default_label = f"default plain-VAE (z_dim {vae_defaults['z_dim']}, hidden {list(vae_defaults['hidden'])})"
     for seed in args.seeds:  # one reference per seed: k-means on VAE codes varies by several points with the seed
-        row, codes = vae_reference({"z_dim": z_dim, "hidden": hidden}, "plain-VAE", seed)
+        row, codes = vae_reference({"z_dim": z_dim, "hidden": hidden, "likelihood": args.likelihood}, "plain-VAE", seed)
         vae_rows.append(row)
         if args.kmeans_restarts:
             spread = row["restart_spread"] = restart_spread(*codes, test_y, k, args.kmeans_restarts)
@@ -198,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                 command += ["--arg", f"z_dim={args.z_dim}"]
             if args.init_restarts != gmvae_defaults["init_restarts"]:
                 command += ["--arg", f"init_restarts={args.init_restarts}"]
+            if args.likelihood != gmvae_defaults["likelihood"]:
+                command += ["--arg", f"likelihood={args.likelihood}"]
             if args.hidden != list(gmvae_defaults["hidden"]):
                 command += ["--arg", f"hidden={json.dumps(args.hidden, separators=(',', ':'))}"]
             if args.train_size:
@@ -241,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, 2 shared CPU cores  ",
         f"Data: {len(data.train)} training images (fit), {len(data.test)} test images (scored); K = {k}, "
         f"z_dim = {z_dim}, hidden = {hidden}, batch {args.batch_size}; "
-        f"Bernoulli likelihood on dynamically binarized pixels. Total {total / 60:.1f} min.  ",
+        f"{LIKELIHOOD_WORDS.get(args.likelihood, args.likelihood + ' likelihood on grey levels')}. "
+        f"Total {total / 60:.1f} min.  ",
         f"GMVAE: `{gmvae_rows[0]['command'].replace(f'--seed {args.seeds[0]}', '--seed S')}`, "
         f"seeds {', '.join(map(str, args.seeds))}; the first {pretrain} training examples "
         f"({pretrain / len(data.train):g} epochs) pretrain it as the plain VAE, then k-means on its codes starts "
