@@ -58,7 +58,6 @@ from pyrovae.plots import save_rows
 from pyrovae.runs import load_run
 
 RESULTS = Path(__file__).resolve().parent / "results"
-LIKELIHOOD_WORDS = {"bernoulli": "Bernoulli likelihood on dynamically binarized pixels"}
 
 
 def scores(clusters: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
@@ -248,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{platform.machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, 2 shared CPU cores  ",
         f"Data: {len(data.train)} training images (fit), {len(data.test)} test images (scored); K = {k}, "
         f"z_dim = {z_dim}, hidden = {hidden}, batch {args.batch_size}; "
-        f"{LIKELIHOOD_WORDS.get(args.likelihood, args.likelihood + ' likelihood on grey levels')}. "
+        f"{args.likelihood} likelihood on "
+        f"{'dynamically binarized pixels' if LIKELIHOODS[args.likelihood].binarize else 'grey levels'}. "
         f"Total {total / 60:.1f} min.  ",
         f"GMVAE: `{gmvae_rows[0]['command'].replace(f'--seed {args.seeds[0]}', '--seed S')}`, "
         f"seeds {', '.join(map(str, args.seeds))}; the first {pretrain} training examples "
