@@ -397,8 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--iwae-k", type=int, default=100, metavar="K",
                    help="importance samples per test image for log p(x) and k-hat (default 100; 5000 is the IWAE "
                         "paper's standard and takes minutes on a CPU; 0 skips)")
-    p.add_argument("--chunk-size", type=_positive_int, default=500,
-                   help="importance samples drawn at once; memory grows with chunk size x batch size")
+    p.add_argument("--chunk-size", type=_positive_int, default=None,
+                   help="importance samples per image drawn at once (default 50 on the CPU, where larger chunks run "
+                        "slower, 500 on a GPU); memory grows with chunk size x batch size")
     p.add_argument("--batch-size", type=_positive_int, default=100, help="test images per batch")
     p.add_argument("--test-size", type=_positive_int, default=None, help="evaluate only the first N test images")
     p.add_argument("--posterior", type=int, default=0, metavar="N",

@@ -25,7 +25,8 @@ import example_pairs
 from pyrovae.cli import main
 from pyrovae.data import Split
 from pyrovae.errors import PyrovaeError
-from pyrovae.evaluate import importance_evaluation, importance_log_likelihood, khat_shares, log_weights, mean_elbo
+from pyrovae.evaluate import (default_chunk_size, importance_evaluation, importance_log_likelihood, khat_shares,
+                              log_weights, mean_elbo)
 from pyrovae.models import VAE, LinearVAE
 
 D, N = 5, 12
@@ -180,6 +181,18 @@ def test_memory_is_bounded_by_chunk_size_times_batch_whatever_k(pair, x):
     particle_counts = {shape[0] for shape in rows if len(shape) == 3}
     assert particle_counts == {64, 5000 - 78 * 64}  # 78 full chunks and the rest, per batch
     assert max(math.prod(shape[:-1]) for shape in rows) <= 64 * 5  # never 5000 x batch at once
+
+
+def test_default_chunk_size_is_the_devices(pair, x):
+    rows = []
+    hook = pair.decoder.linear.register_forward_hook(lambda m, inputs, out: rows.append(tuple(inputs[0].shape)))
+    try:
+        estimate = importance_log_likelihood(pair, Split(x, torch.zeros(N)), 120, batch_size=5)
+    finally:
+        hook.remove()
+    assert default_chunk_size(torch.device("cpu")) == 50 and default_chunk_size(torch.device("cuda")) == 500
+    assert {shape[0] for shape in rows if len(shape) == 3} == {50, 20}  # 50, 50 and the last 20 draws
+    assert estimate.per_example.shape == (N,) and estimate.k == 120
 
 
 class MixturePrior(nn.Module):
