@@ -12,7 +12,10 @@ process per setting with ``--memory`` (two K, two chunk sizes).
 
 Run from the repository root::
 
-    python benchmarks/eval_time.py [--k 5000] [--chunk-size 500] [--batch-size 100] [--device cuda]
+    python benchmarks/eval_time.py [--k 5000] [--chunk-size N] [--batch-size 100] [--device cuda]
+
+``--chunk-size`` defaults to the evaluation's own default for the device
+(:func:`pyrovae.evaluate.default_chunk_size`).
 
 Prints the figures; writes benchmarks/results/eval_time[_DEVICE].json and .md.
 """
@@ -34,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pyrovae  # noqa: E402
 from machine import describe, matmul_gflops, mlp_macs, peak_rss_mib, reset_peak_rss, rss_mib  # noqa: E402
 from pyrovae.data import evaluation_split  # noqa: E402
-from pyrovae.evaluate import importance_log_likelihood  # noqa: E402
+from pyrovae.evaluate import default_chunk_size, importance_log_likelihood  # noqa: E402
 from pyrovae.models import VAE  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -79,7 +82,7 @@ def measure(k: int, chunk_size: int, batch_size: int, test_size: int | None, tra
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--k", type=int, default=5000)
-    p.add_argument("--chunk-size", type=int, default=500)
+    p.add_argument("--chunk-size", type=int, default=None, help="draws per image at once (default: the device's)")
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--test-size", type=int, default=None, help="first N test images (default all 10,000)")
     p.add_argument("--train-epochs", type=int, default=2)
@@ -87,6 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--memory", action="store_true", help="also measure peak memory of small settings")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.chunk_size is None:
+        args.chunk_size = default_chunk_size(torch.device(args.device))
     if args.child:  # one setting in a fresh process, for its peak memory
         print(json.dumps(measure(args.k, args.chunk_size, args.batch_size, args.test_size, 1, args.device, False)))
         return 0
@@ -103,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
     memory = []
     if args.memory:
-        for k, chunk in ((500, 100), (2000, 100), (500, 500), (2000, 500)):
+        for k, chunk in ((500, 50), (2000, 50), (500, 500), (2000, 500)):
             cmd = [sys.executable, __file__, "--child", "--k", str(k), "--chunk-size", str(chunk),
                    "--batch-size", str(args.batch_size), "--test-size", "200", "--device", args.device]
             row = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
