@@ -2,14 +2,13 @@
 
 Question: :func:`pyrovae.evaluate.importance_log_likelihood` draws ``chunk_size`` samples
 for each of ``batch_size`` images at a time; which size of that block of draws is
-fastest? Larger blocks pay Pyro's per-call Python less often; smaller ones keep the
-decoded images (``chunk x batch x 784`` numbers, several tensors of them) in the CPU's
-caches while the likelihood's elementwise passes run over them, and let the allocator reuse
-their memory instead of taking fresh pages from the kernel for each block (counted here as
-minor page faults and the process's kernel-mode seconds, from ``getrusage``). The pair is the default
-VAE after one epoch on 10,000 images (the weights do not change the work); each setting
-evaluates the first ``--test-size`` test images with ``--k`` draws each, the settings
-taking turns for ``--reps`` rounds.
+fastest? Larger blocks pay Pyro's per-call Python less often; smaller ones make smaller
+tensors of decoded images (``chunk x batch x 784`` numbers each), whose memory the
+allocator can reuse instead of taking fresh pages from the kernel for every block (counted
+here as minor page faults and the process's kernel-mode CPU seconds, from ``getrusage``).
+The pair is the default VAE after one epoch on 10,000 images (the weights do not change
+the work); each setting evaluates the first ``--test-size`` test images with ``--k`` draws
+each, the settings taking turns for ``--reps`` rounds.
 
 Run from the repository root::
 

@@ -77,9 +77,9 @@ DATA_PLATE = "data"
 PARTICLE_PLATE = "_importance_particles"
 # draws per example made at once when no chunk size is given. On the CPU, 500 draws for each of
 # 100 images of 28 x 28 make tensors of 157 MB that the allocator maps fresh from the kernel at
-# every chunk, and page faults take most of the time; with 50 draws (16 MB) it reuses its memory
-# and the evaluation runs about twice as fast (benchmarks/eval_chunks.py). A GPU keeps the larger
-# chunks: fewer calls through Pyro's Python.
+# every chunk, and the page faults cost about as much as the rest of the work; with 50 draws
+# (16 MB) it reuses its memory and the evaluation runs about twice as fast
+# (benchmarks/eval_chunks.py). A GPU keeps the larger chunks: fewer calls through Pyro's Python.
 CHUNK_SIZE = {"cpu": 50, "cuda": 500}
 
 
