@@ -41,7 +41,7 @@ from pyrovae.evaluate import importance_log_likelihood
 from pyrovae.pairs import build
 from pyrovae.rng import forked_rng
 from pyrovae.runs import CHECKPOINT
-from pyrovae.train import train
+from pyrovae.train import pyro_info_silenced, train
 
 __all__ = ["Settings", "SNR", "gradient_snr", "compare", "summarize"]
 
@@ -110,15 +110,16 @@ def gradient_snr(pair: nn.Module, estimator: ELBO, x: torch.Tensor, y: torch.Ten
     sums = {k: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for k, ps in groups.items()}
     squares = {k: [torch.zeros_like(p, dtype=torch.float64) for p in ps] for k, ps in groups.items()}
     everything = guide + model
-    for _ in range(draws):
-        for p in everything:
-            p.grad = None
-        estimator.loss_and_grads(pair.model, pair.guide, *args)
-        for k, ps in groups.items():
-            for p, s, q in zip(ps, sums[k], squares[k]):
-                g = p.grad.double() if p.grad is not None else torch.zeros_like(s)
-                s += g
-                q += g * g
+    with pyro_info_silenced():  # an estimator's first call may log its guess of max_plate_nesting
+        for _ in range(draws):
+            for p in everything:
+                p.grad = None
+            estimator.loss_and_grads(pair.model, pair.guide, *args)
+            for k, ps in groups.items():
+                for p, s, q in zip(ps, sums[k], squares[k]):
+                    g = p.grad.double() if p.grad is not None else torch.zeros_like(s)
+                    s += g
+                    q += g * g
     for p in everything:
         p.grad = None
     with torch.no_grad():

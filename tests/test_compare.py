@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import pyro
 import pytest
@@ -14,6 +15,7 @@ from pyrovae.data import Dataset, Split
 from pyrovae.compare import Settings, compare, gradient_snr
 from pyrovae.errors import UsageError
 from pyrovae.estimators import make_estimator
+from pyrovae.models import VAE
 from pyrovae.runs import read_metrics
 from test_estimators import _linear_pair, grad_draws, guide_slice
 
@@ -105,3 +107,12 @@ def test_snr_draws_leave_a_pairs_step_counter_alone():
     gradient_snr(pair, make_estimator("enum"), x, draws=3)
     assert int(pair.examples_seen) == 0
     assert all(torch.equal(b, before[name]) for name, b in pair.named_buffers())
+
+
+def test_snr_of_an_estimator_that_guesses_its_plate_nesting_logs_nothing(caplog):
+    # iwae-K vectorizes its draws, so its first call guesses max_plate_nesting, which Pyro logs at INFO
+    pair = VAE(z_dim=2, hidden=[8])
+    x = torch.bernoulli(torch.rand(4, 1, 28, 28))
+    with caplog.at_level(logging.INFO, logger="pyro"), pyro.get_param_store().scope():
+        gradient_snr(pair, make_estimator("iwae-2"), x, draws=2)
+    assert not [r for r in caplog.records if "max_plate_nesting" in r.getMessage()]
