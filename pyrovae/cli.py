@@ -326,8 +326,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         estimators=tuple(n.strip() for n in args.elbos.split(",") if n.strip()),
         seeds=args.seeds, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, device=args.device,
         iwae_k=args.iwae_k, ll_size=args.ll_size, snr_draws=args.snr_draws, snr_batch=args.snr_batch,
-    )
-    resolve_device(args.device)
+    )  # checks the estimators, the numbers and the device
     build(settings.model, settings.model_args)  # a bad model or argument fails before loading data
     data = load_dataset(args.dataset, root=args.data_root, train_size=args.train_size, test_size=args.test_size)
     try:

@@ -41,7 +41,7 @@ from pyrovae.evaluate import importance_log_likelihood
 from pyrovae.pairs import build
 from pyrovae.rng import forked_rng
 from pyrovae.runs import CHECKPOINT
-from pyrovae.train import pyro_info_silenced, train
+from pyrovae.train import pyro_info_silenced, resolve_device, train
 
 __all__ = ["Settings", "SNR", "gradient_snr", "compare", "summarize"]
 
@@ -72,6 +72,7 @@ class Settings:
             raise UsageError(f"these settings must be positive: {small}")
         if self.snr_draws < 2:
             raise UsageError("--snr-draws must be at least 2 to estimate a standard deviation")
+        resolve_device(self.device)  # an unknown or absent device fails here, before anything is written
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pyrovae import compare as compare_module
 from pyrovae.cli import main
 from pyrovae.data import Dataset, Split
 from pyrovae.compare import Settings, compare, gradient_snr
-from pyrovae.errors import UsageError
+from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import make_estimator
 from pyrovae.models import VAE
 from pyrovae.runs import read_metrics
@@ -87,10 +87,18 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, data, monkeypat
 
 
 @pytest.mark.parametrize("kwargs, message", [({"estimators": ("trace", "iwae-0")}, "unknown estimator 'iwae-0'"),
-                                             ({"estimators": ()}, "estimator"), ({"snr_draws": 1}, "snr")])
+                                             ({"estimators": ()}, "estimator"), ({"snr_draws": 1}, "snr"),
+                                             ({"device": "tpu"}, "unknown device")])
 def test_bad_settings_are_usage_errors(kwargs, message):
     with pytest.raises(UsageError, match=message):
         Settings(**{**TINY, "estimators": ("trace",), **kwargs})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_settings_for_a_gpu_this_machine_lacks_fail_before_anything_is_written(tmp_path):
+    with pytest.raises(PyrovaeError, match="CUDA is not available"):
+        compare(Settings(**{**TINY, "estimators": ("trace",), "device": "cuda"}), None, tmp_path / "cmp")
+    assert not (tmp_path / "cmp").exists()
 
 
 def test_compare_command_rejects_an_unknown_estimator(tmp_path, capsys):
