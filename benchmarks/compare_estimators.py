@@ -9,7 +9,7 @@
 
 Run from the repository root (about 20 minutes on 2 cores with the defaults)::
 
-    python benchmarks/compare_estimators.py [--seeds 3] [--epochs 10] [--out runs/cmp]
+    python benchmarks/compare_estimators.py [--seeds 3] [--epochs 10] [--out runs/cmp] [--device cuda]
 
 Writes ``benchmarks/results/compare_estimators.md`` and ``.json``; finished runs in
 ``--out`` are reused when the script is run again.
@@ -39,10 +39,11 @@ from pyrovae.runs import load_run
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def snr_against_k(run_dir: Path, data: pyrovae.Dataset, ks: list[int], draws: int, batch: int) -> list[dict]:
+def snr_against_k(run_dir: Path, data: pyrovae.Dataset, ks: list[int], draws: int, batch: int,
+                  device: str = "cpu") -> list[dict]:
     """Guide and model SNR of iwae-K and dreg-K on the trained pair in ``run_dir``."""
-    run = load_run(run_dir)
-    fixed = evaluation_split(Split(data.train.x[:batch], data.train.y[:batch]), True)
+    run = load_run(run_dir, device)
+    fixed = evaluation_split(Split(data.train.x[:batch], data.train.y[:batch]), True).to(device)
     rows = []
     with run.param_scope():
         for k in ks:
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ks", default="1,5,20,50,200")
     p.add_argument("--snr-draws", type=int, default=100)
     p.add_argument("--out", default="runs/cmp")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = p.parse_args(argv)
 
     t0 = time.perf_counter()
@@ -85,12 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     if "trace" not in estimators:
         p.error("--elbos must include trace: the SNR sweep uses the pair trained with it")
     settings = Settings(model="vae", model_args={}, estimators=estimators, seeds=args.seeds,
-                        epochs=args.epochs, iwae_k=args.iwae_k, ll_size=args.ll_size, snr_draws=args.snr_draws)
+                        epochs=args.epochs, iwae_k=args.iwae_k, ll_size=args.ll_size, snr_draws=args.snr_draws,
+                        device=args.device)
     rows = compare(settings, data, args.out)
     table = summarize(rows, settings)
     print(table, flush=True)
     ks = [int(k) for k in args.ks.split(",")]
-    sweep = snr_against_k(Path(args.out) / "trace-seed0", data, ks, args.snr_draws, settings.snr_batch)
+    sweep = snr_against_k(Path(args.out) / "trace-seed0", data, ks, args.snr_draws, settings.snr_batch,
+                          args.device)
     sweep_md = snr_table(sweep, args.snr_draws, settings.snr_batch)
     print(sweep_md)
 

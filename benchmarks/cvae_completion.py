@@ -15,7 +15,7 @@ and are evaluated on the fixed binarization of the first ``--test-size`` test im
 Run from the repository root::
 
     OMP_NUM_THREADS=1 python benchmarks/cvae_completion.py [--epochs 5] [--train-size N]
-        [--test-size 1000] [--k 1000] [--hidden 500 500] [--z-dim 20] [--seed 0]
+        [--test-size 1000] [--k 1000] [--hidden 500 500] [--z-dim 20] [--seed 0] [--device cuda]
 
 Prints the table quadrants x {baseline, CVAE}; writes benchmarks/results/cvae_completion.md,
 .json and cvae_completion.png (per quadrant count, rows: input with the hidden part grey,
@@ -52,7 +52,7 @@ def _rows(cvae: CVAE, baseline: CVAEBaseline, x: torch.Tensor, samples: int) -> 
     """Image rows (2 + 1 + samples, n, 1, 28, 28): input, truth, baseline, CVAE samples."""
     visible = cvae.masks.visible
     shown = torch.where(visible, x, torch.full_like(x, 0.5))
-    return torch.cat([shown[None], x[None], baseline.complete(x, 1), cvae.complete(x, samples)])
+    return torch.cat([shown[None], x[None], baseline.complete(x, 1), cvae.complete(x, samples)]).cpu()
 
 
 def _figure(panels: list[tuple[int, torch.Tensor]], path: Path) -> None:
@@ -87,11 +87,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--samples", type=int, default=4, help="CVAE samples per image in the figure")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     args = parser.parse_args()
 
     data = load_dataset("fashion-mnist", train_size=args.train_size)
     test = evaluation_split(data.test, True)
-    test = Split(test.x[: args.test_size], test.y[: args.test_size])
+    test = Split(test.x[: args.test_size], test.y[: args.test_size]).to(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     result = {
         "command": " ".join(shlex.quote(a) for a in ["python", *sys.argv]),
@@ -111,7 +112,8 @@ def main() -> None:
             pyro.set_rng_seed(args.seed)
             pair = make()
             t0 = time.perf_counter()
-            run = train(pair, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed, quiet=True)
+            run = train(pair, data, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                        device=args.device, quiet=True)
             seconds_train = time.perf_counter() - t0
             t0 = time.perf_counter()
             with run.param_scope():

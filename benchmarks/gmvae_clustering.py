@@ -25,7 +25,7 @@ GMVAE each seed and the mean. Published anchors: ClusterGAN 0.61 on Fashion-MNIS
 
 Run from the repository root (about 25 minutes on one core with the defaults, 3 seeds)::
 
-    OMP_NUM_THREADS=1 python benchmarks/gmvae_clustering.py [--epochs 15] [--seeds 0 1 2] [--z-dim Z] [--hidden H ...] [--likelihood L] [--train-size N]
+    OMP_NUM_THREADS=1 python benchmarks/gmvae_clustering.py [--epochs 15] [--seeds 0 1 2] [--z-dim Z] [--hidden H ...] [--likelihood L] [--train-size N] [--device cuda]
 
 Writes ``benchmarks/results/gmvae_clustering.md``, ``.json`` and
 ``gmvae_clustering_components.png`` (samples, one row per component, of the first seed's GMVAE).
@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kmeans-restarts", type=int, default=10,
                         help="single k-means runs on each reference VAE's codes, for the spread of its accuracy")
     parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N: every model and k-means runs there")
     args = parser.parse_args(argv)
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     k = len(data.classes) if getattr(data, "classes", None) else 10
     # the reference VAEs get the GMVAE's networks: its hidden sizes and the same latent size
     z_dim, hidden, restarts = args.z_dim, args.hidden, args.init_restarts
-    train_x, test_x, test_y = data.train.x, data.test.x, data.test.y.long()
+    train_x, test_x, test_y = data.train.x.to(args.device), data.test.x.to(args.device), data.test.y.long()
     flat = lambda x: x.reshape(x.shape[0], -1)  # noqa: E731
     rows: list[dict] = []
     t_all = time.perf_counter()
@@ -168,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         pyro.set_rng_seed(seed)
         vae = VAE(**options)
-        metrics = pyrovae.train(vae, data, epochs=args.vae_epochs, batch_size=args.batch_size, seed=seed).metrics
+        metrics = pyrovae.train(vae, data, epochs=args.vae_epochs, batch_size=args.batch_size, seed=seed,
+                                 device=args.device).metrics
         codes = vae.encode(train_x), vae.encode(test_x)
         s = kmeans_test_scores(*codes, test_y, k, seed, n_init=restarts)
         row = {"method": f"k-means on {label} latent means ({args.vae_epochs} epochs), seed {seed}", **s,
@@ -210,11 +212,13 @@ def main(argv: list[str] | None = None) -> int:
                 command += ["--train-size", str(args.train_size)]
             if args.test_size:
                 command += ["--test-size", str(args.test_size)]
+            if args.device != "cpu":
+                command += ["--device", args.device]
             t0 = time.perf_counter()
             if pyrovae_cli(command) != 0:
                 raise SystemExit(f"pyrovae {' '.join(command)} failed")
             seconds = time.perf_counter() - t0
-            run = load_run(f"{tmp}/gmvae-{seed}")
+            run = load_run(f"{tmp}/gmvae-{seed}", args.device)
             clusters = run.pair.cluster(test_x)
             epoch_seconds = [m["seconds"] for m in run.metrics]
             row = {"method": f"GMVAE, seed {seed}", **scores(clusters, test_y), "test_elbo": run.metrics[-1]["test_elbo"],
