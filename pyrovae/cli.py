@@ -157,6 +157,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     uses_labels = getattr(run.pair, "uses_labels", False)
     t0 = time.perf_counter()
     with run.param_scope():
+        if args.posterior:  # a pair NUTS cannot stand for is refused before the long parts, not after
+            from pyrovae.posterior import check_comparable
+            check_comparable(run.pair, test.x[:1], test.y[:1] if uses_labels else None)
         pyro.set_rng_seed(args.seed)
         elbo = mean_elbo(run.pair, test, make_evaluator(cfg["elbo"]), args.batch_size, uses_labels)
         result = {"test_elbo": elbo, "estimator": cfg["elbo"], "num_examples": len(test),

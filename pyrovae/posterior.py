@@ -35,6 +35,7 @@ from pyro.infer import MCMC, NUTS
 from pyro.infer.autoguide import AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.infer.autoguide.utils import deep_setattr
+from pyro.infer.mcmc.util import initialize_model
 from pyro.nn import PyroParam
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
@@ -42,8 +43,10 @@ from torch import Tensor, nn
 from pyrovae.errors import PyrovaeError
 from pyrovae.evaluate import (KHAT_OK, PARTICLE_PLATE, is_latent, isolated_params, plate_nesting, psis_khat,
                               trace_log_weights)
+from pyrovae.rng import forked_rng
 
 __all__ = [
+    "check_comparable",
     "nuts_posterior",
     "posterior_draws",
     "guide_draws",
@@ -84,6 +87,36 @@ def _one_example(x: Tensor, y: Tensor | None) -> tuple[Tensor, ...]:
     return (x,) if y is None else (x, y)
 
 
+def _nuts_cannot(err: Exception) -> PyrovaeError:
+    return PyrovaeError(f"NUTS cannot sample this pair's model: {err}. It needs continuous latents; "
+                        "mark discrete ones infer={'enumerate': 'parallel'}")
+
+
+def check_comparable(pair: nn.Module, x: Tensor, y: Tensor | None = None) -> None:
+    """Refuse, for the price of one run of the model and the guide, a pair whose NUTS draws
+    could not be set against its guide's. NUTS sums the model's discrete sites out by
+    enumeration; a continuous latent that depends on one (the GMVAE's ``z`` on its component
+    ``y``) then gets a value for each enumerated value, another variable than the guide's."""
+    args = _one_example(x, y)
+    with isolated_params(), poutine.block(), forked_rng(x.device):
+        nesting = plate_nesting(pair.model, pair.guide, *args)
+        try:
+            model_trace = initialize_model(pair.model, model_args=args, max_plate_nesting=nesting)[3]
+        except (NotImplementedError, ValueError) as err:
+            raise _nuts_cannot(err) from err
+        guide_trace = prune_subsample_sites(poutine.trace(pair.guide).get_trace(*args))
+    guide = {name: tuple(site["value"].shape) for name, site in guide_trace.nodes.items() if is_latent(site)}
+    model = {name: tuple(site["value"].shape) for name, site in prune_subsample_sites(model_trace).nodes.items()
+             if is_latent(site) and not _enumerated(site)}
+    summed = [name for name, site in model_trace.nodes.items() if is_latent(site) and _enumerated(site)]
+    for name in model.keys() & guide.keys():
+        if model[name] != guide[name]:
+            raise PyrovaeError(
+                f"NUTS reference posteriors do not apply to {type(pair).__name__}: NUTS sums out its discrete "
+                f"site(s) {', '.join(map(repr, summed))} by enumeration, and the latent {name!r} then has shape "
+                f"{model[name]}, a value for each enumerated value, where the guide's has shape {guide[name]}")
+
+
 def nuts_posterior(pair: nn.Module, x: Tensor, y: Tensor | None = None, *, num_samples: int = 500,
                    warmup_steps: int = 300, num_chains: int = 2, seed: int = 0) -> Any:
     """Draws of ``p(z | x)`` for one example ``x`` (shape ``(1, *x_shape)``) by NUTS.
@@ -109,8 +142,7 @@ def nuts_posterior(pair: nn.Module, x: Tensor, y: Tensor | None = None, *, num_s
             try:
                 mcmc.run(*args)
             except (NotImplementedError, ValueError) as err:
-                raise PyrovaeError(f"NUTS cannot sample this pair's model: {err}. It needs continuous latents; "
-                                   "mark discrete ones infer={'enumerate': 'parallel'}") from err
+                raise _nuts_cannot(err) from err
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 chains.append(az.from_pyro(mcmc, log_likelihood=False))
@@ -297,6 +329,7 @@ def compare_posterior(pair: nn.Module, x: Tensor, y: Tensor | None = None, *, nu
     ``k = 0`` or ``gap_steps = 0`` skips the gap split.
     """
     az = _arviz()
+    check_comparable(pair, x, y)
     idata = nuts_posterior(pair, x, y, num_samples=num_samples, warmup_steps=warmup_steps,
                            num_chains=num_chains, seed=seed)
     reference = posterior_draws(idata)
@@ -306,8 +339,6 @@ def compare_posterior(pair: nn.Module, x: Tensor, y: Tensor | None = None, *, nu
         raise PyrovaeError(f"the guide draws {sorted(drawn)} but NUTS drew {sorted(reference)}: nothing to compare")
     nuts, names = flatten_draws(reference, sites)
     guide, _ = flatten_draws(drawn, sites)
-    if nuts.shape[1] != guide.shape[1]:
-        raise PyrovaeError(f"the guide's latents have {guide.shape[1]} coordinates, the model's {nuts.shape[1]}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         rhat = az.rhat(idata, var_names=sites) if num_chains > 1 else None

@@ -18,7 +18,9 @@ from PIL import Image
 from test_evaluate import exact_elbo, linear_pair, scale_guide
 
 from pyrovae.cli import main
-from pyrovae.posterior import compare_posterior, gap_split
+from pyrovae.errors import PyrovaeError
+from pyrovae.models import GMVAE, VAE
+from pyrovae.posterior import check_comparable, compare_posterior, gap_split
 
 
 @pytest.fixture
@@ -106,3 +108,23 @@ def test_gap_split_finds_the_mean_field_approximation_gap_of_a_correlated_poster
     assert split.log_likelihood == pytest.approx(pair.log_marginal(x).item(), abs=0.05)
     assert split.approximation_gap == pytest.approx(gap, abs=0.05), split
     assert abs(split.amortization_gap) < 0.05, split
+
+
+def test_a_pair_whose_latent_depends_on_a_summed_out_site_is_refused_before_evaluation(tmp_path, capsys):
+    """NUTS enumerates the GMVAE's component ``y``, and its ``z`` then gets one value per
+    component: another variable than the guide's ``z``. eval refuses before the long parts."""
+    pyro.set_rng_seed(0)
+    gmvae = GMVAE(k=3, z_dim=2, hidden=[16], pretrain_examples=0)
+    x = torch.rand(1, 1, 28, 28).round()
+    with pytest.raises(PyrovaeError, match=r"'z' then has shape \(3, 1, 2\).*the guide's has shape \(1, 2\)"):
+        check_comparable(gmvae, x)
+    check_comparable(VAE(z_dim=2, hidden=[16]), x)  # no discrete site: nothing to refuse
+
+    run = tmp_path / "gm"
+    assert main(["train", "gmvae", "--k", "3", "--z-dim", "2", "--hidden", "[16]", "--pretrain-examples", "0",
+                 "--epochs", "1", "--train-size", "100", "--test-size", "20", "--quiet", "--out", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["eval", str(run), "--posterior", "1"]) == 1
+    out, err = capsys.readouterr()
+    assert "NUTS reference posteriors do not apply to GMVAE" in err and "test ELBO" not in out
+    assert not (run / "eval.json").exists()
