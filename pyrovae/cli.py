@@ -143,7 +143,7 @@ def _test_split(run: Run, dev: torch.device) -> tuple[Split, tuple[str, ...]]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    for name in ("iwae_k", "posterior", "nuts_samples", "nuts_warmup", "gap_steps"):
+    for name in ("iwae_k", "posterior", "nuts_warmup", "gap_steps"):
         if getattr(args, name) < 0:
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     dev = resolve_device(args.device)
@@ -406,7 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-size", type=_positive_int, default=None, help="evaluate only the first N test images")
     p.add_argument("--posterior", type=int, default=0, metavar="N",
                    help="compare the guide with a NUTS posterior, and split the gap, for the first N test images")
-    p.add_argument("--nuts-samples", type=int, default=500, help="NUTS draws per chain (2 chains)")
+    p.add_argument("--nuts-samples", type=_positive_int, default=500, help="NUTS draws per chain (2 chains)")
     p.add_argument("--nuts-warmup", type=int, default=300, help="NUTS warm-up steps per chain")
     p.add_argument("--gap-steps", type=int, default=500,
                    help="Adam steps fitting the best per-input guide for the gap split (0 skips the split)")

@@ -301,6 +301,11 @@ def test_eval_writes_log_likelihood_gap_and_khat(tmp_path, capsys):
     assert one["num_examples"] == 1 and one["log_likelihood_stderr"] is None
     assert main(["eval", str(run), "--test-size", "5", "--posterior", "6"]) == 2
     assert "more inputs than the 5 test images" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # by the parser, before any evaluation
+        main(["eval", str(run), "--posterior", "1", "--nuts-samples", "0"])
+    assert refused.value.code == 2
+    out, err = capsys.readouterr()
+    assert "--nuts-samples: must be a positive integer" in err and "test ELBO" not in out
 
 
 # the ELBO's two terms ---------------------------------------------------------------
