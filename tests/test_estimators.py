@@ -14,7 +14,7 @@ import pyro.distributions as dist
 import pytest
 import torch
 from pyro import poutine
-from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceMeanField_ELBO
+from pyro.infer import RenyiELBO, Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 from torch import nn
 
 from pyrovae.errors import UsageError
@@ -243,11 +243,35 @@ class DiscreteGuidePair(nn.Module):
             pyro.sample("c", dist.Bernoulli(p))
 
 
-@pytest.mark.parametrize("name", ["stl", "dreg-3"])
+@pytest.mark.parametrize("name", ["stl", "dreg-3", "iwae-3", "renyi-0.5-3"])
 def test_path_estimators_refuse_a_non_reparameterized_guide(name):
     pair = DiscreteGuidePair()
     with pytest.raises(NotReparameterizedError, match=r"'c' \(Bernoulli\).*'graph'"):
         make_estimator(name).loss_and_grads(pair.model, pair.guide, torch.zeros(4, 2))
+
+
+def test_pyros_iwae_gives_a_discrete_guide_site_no_gradient():
+    """Why iwae-K refuses such guides: Pyro's RenyiELBO at alpha 0 leaves the parameter of the
+    guide's Bernoulli with a zero gradient on every draw, where the score-function ELBO moves it."""
+    pair, x = DiscreteGuidePair(), torch.full((4, 2), 1.0)
+
+    def grad_of_p(elbo) -> torch.Tensor:
+        pyro.clear_param_store()
+        elbo.loss_and_grads(pair.model, pair.guide, x)
+        p = pyro.param("p").unconstrained()
+        return p.grad.clone()
+
+    assert all(grad_of_p(RenyiELBO(alpha=0.0, num_particles=3, vectorize_particles=True)) == 0 for _ in range(20))
+    assert any(grad_of_p(TraceGraph_ELBO()) != 0 for _ in range(20))
+
+
+def test_dreg_fills_grad_as_backward_does_so_gradient_hooks_run(pair, x):
+    """A pair may count its steps with a gradient hook, as the GMVAE does."""
+    decoder_param = next(pair.decoder.parameters())
+    fired = []
+    decoder_param.register_post_accumulate_grad_hook(lambda p: fired.append(p.grad.clone()))
+    make_estimator("dreg-3").loss_and_grads(pair.model, pair.guide, x)
+    assert len(fired) == 1 and torch.equal(fired[0], decoder_param.grad)
 
 
 def test_registry_parses_forms_and_picks_the_reporting_elbo():

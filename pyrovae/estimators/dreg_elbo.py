@@ -113,10 +113,9 @@ class DReG_ELBO(ELBO):
         for surrogate, params in targets:
             params = [p for p in params if p.requires_grad]
             if params and surrogate.requires_grad:
-                grads = torch.autograd.grad(surrogate, params, retain_graph=True, allow_unused=True)
-                for p, g in zip(params, grads):
-                    if g is not None:
-                        p.grad = g if p.grad is None else p.grad + g
+                # into each .grad as backward() does, so gradient hooks on the parameters run as
+                # under Pyro's estimators (the GMVAE counts its training steps with one)
+                torch.autograd.backward(surrogate, inputs=params, retain_graph=True)
         loss = -self._bound(log_w.detach()).item()
         warn_if_nan(loss, "loss")
         return loss

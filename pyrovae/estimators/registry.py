@@ -17,7 +17,6 @@ from pyro.infer import (
     JitTraceEnum_ELBO,
     JitTraceGraph_ELBO,
     JitTraceMeanField_ELBO,
-    RenyiELBO,
     Trace_ELBO,
     TraceEnum_ELBO,
     TraceGraph_ELBO,
@@ -26,6 +25,7 @@ from pyro.infer import (
 
 from pyrovae.errors import UsageError
 from pyrovae.estimators.dreg_elbo import DReG_ELBO
+from pyrovae.estimators.renyi_elbo import ReparameterizedRenyiELBO
 from pyrovae.estimators.stl_elbo import STL_ELBO
 
 __all__ = ["Form", "FORMS", "make_estimator", "make_evaluator", "valid_forms"]
@@ -76,8 +76,9 @@ def _stl() -> ELBO:
 
 def _iwae(k: str) -> ELBO:
     """The importance-weighted bound with K samples per example (RenyiELBO with alpha 0;
-    Burda et al. 2016): tighter than the ELBO, but its guide gradient gets noisier as K grows."""
-    return RenyiELBO(alpha=0.0, num_particles=int(k), vectorize_particles=True)
+    Burda et al. 2016): tighter than the ELBO, but its guide gradient gets noisier as K grows.
+    Reparameterized guides only."""
+    return ReparameterizedRenyiELBO(alpha=0.0, num_particles=int(k), vectorize_particles=True)
 
 
 def _dreg(k: str) -> ELBO:
@@ -89,8 +90,8 @@ def _dreg(k: str) -> ELBO:
 
 def _renyi(alpha: str, k: str) -> ELBO:
     """The Renyi alpha-divergence bound with K samples (Li and Turner 2016); alpha 0 is
-    IWAE, alpha towards 1 the ELBO."""
-    return RenyiELBO(alpha=float(alpha), num_particles=int(k), vectorize_particles=True)
+    IWAE, alpha towards 1 the ELBO. Reparameterized guides only."""
+    return ReparameterizedRenyiELBO(alpha=float(alpha), num_particles=int(k), vectorize_particles=True)
 
 
 def _jit(cls: type[ELBO]) -> Callable[[], ELBO]:
