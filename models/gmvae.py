@@ -30,7 +30,10 @@ the ELBO is summed over the K values of ``y`` exactly, with one draw ``z_k`` of
 
 Any other estimator (``TraceGraph_ELBO``: score-function gradients for ``y``) ignores the
 mark and samples ``y``, so the two can be compared on the same pair
-(``pyrovae compare gmvae --elbos enum,graph --pretrain-examples 0``).
+(``pyrovae compare gmvae --elbos enum,graph --pretrain-examples 0``). Estimators that need a
+reparameterized guide (``meanfield``, ``stl``, ``iwae-K``, ``renyi-A-K``, ``dreg-K``) refuse
+``y`` once the mixture is on; JIT estimators are refused while pretraining lasts, as the
+traced pair would replay its pretraining branch for ever.
 
 **Pretraining.** Started from random component means, the mixture ELBO lets a few
 components take every example (trained from scratch, an earlier version of this pair used
@@ -216,6 +219,10 @@ class GMVAE(nn.Module):
 
     def guide(self, x: torch.Tensor, y: torch.Tensor | None = None) -> None:
         pyro.module("encoder", self.encoder)
+        if torch.jit.is_tracing() and not self.mixture_on:
+            raise UsageError("a JIT-compiled estimator (jit-...) replays the GMVAE as it was traced, still "
+                             "pretraining: the switch to the mixture is Python, so it would never come. Train "
+                             "it with enum (its default) or graph, or with pretrain_examples=0")
         training = self.training and torch.is_grad_enabled()
         if training and not self.mixture_on and self.examples_seen >= self.pretrain_examples:
             self.init_mixture()

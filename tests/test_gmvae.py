@@ -209,3 +209,16 @@ def test_eval_reports_clustering_for_a_pair_that_clusters(tmp_path):
     before = (run / "samples.png").read_bytes()  # drawn at the end of training
     assert main(["sample", str(run), "-n", "4"]) == 0
     assert (run / "sample.png").stat().st_size > 0 and (run / "samples.png").read_bytes() == before
+
+
+def test_a_jit_estimator_is_refused_while_pretraining_is_to_come(data):
+    """A traced GMVAE replays its pretraining branch forever (its step count runs in Python
+    too), so a JIT estimator would train the plain VAE under the GMVAE's name. From the
+    mixture on, nothing is left to switch, and the traced mixture trains."""
+    pyro.set_rng_seed(0)
+    with pytest.raises(UsageError, match="never come"):
+        train(GMVAE(k=3, z_dim=2, hidden=[16], pretrain_examples=200, init_codes=100), data, epochs=1,
+              batch_size=100, elbo="jit-enum", quiet=True)
+    pair = GMVAE(k=3, z_dim=2, hidden=[16], pretrain_examples=0)
+    train(pair, data, epochs=1, batch_size=100, elbo="jit-enum", quiet=True)
+    assert pair.heads.classifier.weight.abs().sum() > 0  # the guide's q(y | x) learned: y was summed out
