@@ -33,7 +33,7 @@ def batch(data):
     (broken.OutsidePlate, "outside-plate", "z", "pyro.plate('data'"),
     (broken.BatchInEvent, "batch-in-event", "z", "event shape (8, 4)"),
     (broken.MissingToEvent, "plate-shape", "z", ".to_event"),
-    (broken.Discrete, "not-reparameterized", "c", "stl, dreg-K refuse"),
+    (broken.Discrete, "not-reparameterized", "c", "meanfield, stl, iwae-K, dreg-K, renyi-A-K refuse"),
     (broken.WrongObservation, "obs-shape", "x", "gets shape (8, 8)"),
     (broken.NoObservation, "no-observation", "x", "obs=x"),
     (broken.FreeParam, "param-leak", "offset", "second instance"),
