@@ -294,7 +294,9 @@ class PosteriorComparison:
         """What makes the reference posterior or the gap split doubtful, if anything."""
         chains = self.inference_data.posterior.sizes["chain"]
         out = []
-        if not self.rhat_max < RHAT_MAX:
+        if chains < 2:
+            out.append("one chain: r-hat needs two or more to check that NUTS converged")
+        elif not self.rhat_max < RHAT_MAX:
             out.append(f"r-hat {self.rhat_max:.3f} >= {RHAT_MAX}: the chains disagree; draw more samples")
         if self.ess_bulk_min < ESS_MIN_PER_CHAIN * chains:
             out.append(f"bulk ESS {self.ess_bulk_min:.0f} < {ESS_MIN_PER_CHAIN * chains}: too few effective draws")

@@ -9,6 +9,7 @@ within 20% (600 draws of two chains, bulk ESS about 400: standard errors near 0.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pyro
@@ -50,6 +51,13 @@ def test_nuts_recovers_the_exact_posterior_beside_the_guide(pair, x):
     assert summary["coordinates"]["z[1]"]["nuts_sd"] == pytest.approx(result.nuts.std(0)[1].item())
     assert "approximation_gap" not in summary and result.gaps is None
     assert not list(pyro.get_param_store().keys()), "the posterior analysis left parameters in Pyro's store"
+
+
+def test_one_chain_is_reported_as_unchecked_not_as_chains_that_disagree(pair, x):
+    result = compare_posterior(pair, x, num_samples=100, warmup_steps=50, num_chains=1, guide_samples=100, k=0)
+    assert result.inference_data.posterior.sizes["chain"] == 1 and math.isnan(result.rhat_max)
+    assert any("one chain" in w for w in result.warnings())
+    assert not any("disagree" in w for w in result.warnings())
 
 
 def test_gap_split_finds_no_gap_for_the_exact_guide_and_the_whole_kl_as_amortization_gap(pair, x):
