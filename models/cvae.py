@@ -122,7 +122,7 @@ class CVAE(nn.Module):
         if task == "label":
             self.recognition = Encoder(self.x_shape, hidden, z_dim, extra_features=num_classes)
             self.generation = Decoder(z_dim + num_classes, list(reversed(hidden)), self.x_shape)
-            self.reconstruct = None  # needs labels; the plots draw reconstructions from traces instead
+            self.reconstruct = None  # it would need labels: the plots skip reconstructions
         else:
             self.masks = _Masks(quadrants, self.x_shape)
             self.prior_net = Encoder(self.x_shape, hidden, z_dim)

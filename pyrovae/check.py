@@ -32,8 +32,9 @@ from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 
 from pyrovae.data import binarize, load_dataset
-from pyrovae.errors import UsageError
+from pyrovae.errors import PyrovaeError, UsageError, brief
 from pyrovae.estimators import FORMS, make_estimator
+from pyrovae.evaluate import check_importance
 from pyrovae.rng import forked_rng
 from pyrovae.train import check_data, pyro_info_silenced
 
@@ -133,13 +134,6 @@ class _Failed(Exception):
         self.finding = finding
 
 
-def _why(err: BaseException) -> str:
-    """The error's type and first line (two when the first ends in a colon), shortened."""
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or ["(no message)"]
-    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
-    return f"{type(err).__name__}: {text if len(text) < 200 else text[:197] + '...'}"
-
-
 def _trace(pair: nn.Module, args: tuple) -> dict[str, Trace]:
     """Guide and model traced on their own; a model that cannot draw from its prior (an improper
     one) is replayed on the guide's draws. An error becomes a finding (raised as :class:`_Failed`)."""
@@ -161,7 +155,7 @@ def _trace(pair: nn.Module, args: tuple) -> dict[str, Trace]:
                     "plate-shape", site, f"in {program}(), {site} has size {got} at dim {dim}, where "
                     f"pyro.plate({plate!r}) of size {size} sits: dimensions of one example are left in the batch shape",
                     "declare them with .to_event(n), e.g. dist.Normal(loc, scale).to_event(1) for a vector latent")) from err
-            raise _Failed(Finding("trace-error", program, f"{program}() raised {_why(err)}",
+            raise _Failed(Finding("trace-error", program, f"{program}() raised {brief(err)}",
                                   f"run pyro.poutine.trace(pair.{program}).get_trace(x) to see where")) from err
     return traces
 
@@ -191,7 +185,7 @@ def _densities(traces: dict[str, Trace]) -> tuple[dict[str, Tensor], list[Findin
             binary = "Boolean" in str(err) or "Binary" in str(err)
             site = re.search(r"at site '([^']+)'", str(err))
             errors.append(Finding(
-                "trace-error", site.group(1) if site else program, f"the log density of {program}() cannot be evaluated: {_why(err)}",
+                "trace-error", site.group(1) if site else program, f"the log density of {program}() cannot be evaluated: {brief(err)}",
                 "a Bernoulli observation needs binary data: give the pair likelihood = pyrovae.likelihoods.Bernoulli() "
                 "so that pyrovae binarizes the images" if binary else "check each site's distribution against its value"))
     return out, errors
@@ -343,9 +337,24 @@ def _estimators(pair: nn.Module, args: tuple) -> dict[str, str | None]:
                     elbo.loss_and_grads(pair.model, pair.guide, *args)
                 out[form.pattern] = None
             except Exception as err:  # noqa: BLE001 - the reason is reported
-                out[form.pattern] = _why(err)
+                out[form.pattern] = brief(err)
             pair.zero_grad(set_to_none=True)
     return out
+
+
+def _sample_dim_findings(pair: nn.Module, args: tuple) -> list[Finding]:
+    """Importance sampling (eval's log p(x), compare, the gap split) runs the pair with a
+    dimension of draws left of its plates; a pair that breaks there is a finding."""
+    try:
+        with pyro.get_param_store().scope():
+            check_importance(pair, *args)
+    except PyrovaeError as err:
+        cause = brief(err.__cause__) if err.__cause__ is not None else str(err)
+        return [Finding("sample-dim", "model/guide", "importance sampling (eval's log p(x), compare, iwae-K, dreg-K) "
+                        f"runs the pair with its draws in a leading sample dimension, and it fails there: {cause}",
+                        "index tensors from the right and expand other inputs to the latent's batch shape, e.g. "
+                        "torch.cat([z, y.expand(*z.shape[:-1], -1)], -1)")]
+    return []
 
 
 def _reparam_findings(sites: dict, estimators: dict[str, str | None]) -> list[Finding]:
@@ -404,6 +413,8 @@ def check_pair(pair: nn.Module | Callable[[], nn.Module], x: Tensor, y: Tensor |
             pass  # the first instance ran; a second one that fails has nothing to add
         report.estimators = _estimators(first, batch(x.shape[0]))
         report.findings += _reparam_findings(sites, report.estimators)
+        if not report.findings:
+            report.findings += _sample_dim_findings(first, batch(x.shape[0]))
     unique: dict[tuple[str, str], Finding] = {}
     report.findings = [unique.setdefault((f.kind, f.site), f) for f in report.findings if (f.kind, f.site) not in unique]
     return report

@@ -24,12 +24,12 @@ from pyrovae import distributed
 from pyrovae.data import DATASETS, Split, evaluation_split, load_dataset
 from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import FORMS, make_estimator, make_evaluator, valid_forms
-from pyrovae.evaluate import mean_elbo
+from pyrovae.evaluate import check_importance, mean_elbo
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.pairs import build, bundled, parse_model_args, parse_model_options
 from pyrovae.plots import save_samples
 from pyrovae.runs import CHECKPOINT, Run, load_run
-from pyrovae.train import resolve_device, train
+from pyrovae.train import pyro_info_silenced, resolve_device, train
 
 __all__ = ["main", "build_parser"]
 
@@ -98,8 +98,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         return distributed.launch(args.nproc, _worker_argv(args, out))  # each process prints its own messages
     pyro.set_rng_seed(args.seed)  # the networks' initial weights depend on the seed too
     pair = build(args.model, model_args)
-    if not hasattr(pair, "hparams"):
-        pair.hparams = model_args  # so that eval and sample can rebuild a user's pair
     data = load_dataset(args.dataset, root=args.data_root, train_size=args.train_size, test_size=args.test_size)
     device = distributed.join_from_env(args.device)  # under torchrun: this process's place and device
     speaks = (group := distributed.current()) is None or group.is_main
@@ -156,8 +154,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UsageError(f"--posterior {args.posterior} asks for more inputs than the {len(test)} test images")
     uses_labels = getattr(run.pair, "uses_labels", False)
     t0 = time.perf_counter()
-    with run.param_scope():
-        if args.posterior:  # a pair NUTS cannot stand for is refused before the long parts, not after
+    with run.param_scope(), pyro_info_silenced():  # not Pyro's "Guessed max_plate_nesting" line
+        # a pair that importance sampling or NUTS cannot run is refused before the long parts, not after
+        if args.iwae_k or args.posterior:
+            check_importance(run.pair, test.x[:1], test.y[:1] if uses_labels else None)
+        if args.posterior:
             from pyrovae.posterior import check_comparable
             check_comparable(run.pair, test.x[:1], test.y[:1] if uses_labels else None)
         pyro.set_rng_seed(args.seed)

@@ -37,7 +37,7 @@ from tqdm.auto import tqdm
 from pyrovae.data import Dataset, Split, evaluation_split
 from pyrovae.errors import UsageError
 from pyrovae.estimators import make_estimator
-from pyrovae.evaluate import importance_log_likelihood
+from pyrovae.evaluate import check_importance, importance_log_likelihood
 from pyrovae.pairs import build
 from pyrovae.rng import forked_rng
 from pyrovae.runs import CHECKPOINT
@@ -181,6 +181,7 @@ def _one(settings: Settings, data: Dataset, name: str, seed: int, run_dir: Path)
 def compare(settings: Settings, data: Dataset, out: str | Path, quiet: bool = False) -> list[dict[str, Any]]:
     """Train and measure every estimator on every seed; write ``results.csv``,
     ``results.md``, ``curves.png`` and ``snr.png`` into ``out`` and return the rows."""
+    _check_pair(settings, data)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "settings.json"
@@ -203,6 +204,17 @@ def compare(settings: Settings, data: Dataset, out: str | Path, quiet: bool = Fa
     _plot_curves(rows, out / "curves.png")
     _plot_snr(rows, out / "snr.png")
     return rows
+
+
+def _check_pair(settings: Settings, data: Dataset) -> None:
+    """Refuse a pair that the log-likelihood of every run could not be computed for, before
+    any training (one untrained instance, two draws on one test image, the RNG untouched)."""
+    device = torch.device(settings.device)
+    with forked_rng(device), pyro.get_param_store().scope():
+        pair = build(settings.model, settings.model_args).to(device)
+        binarize = getattr(getattr(pair, "likelihood", None), "binarize", False)
+        first = evaluation_split(Split(data.test.x[:1], data.test.y[:1]), binarize).to(device)
+        check_importance(pair, first.x, first.y if getattr(pair, "uses_labels", False) else None)
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:

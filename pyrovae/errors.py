@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PyrovaeError", "UsageError", "NonFiniteLossError"]
+__all__ = ["PyrovaeError", "UsageError", "NonFiniteLossError", "brief"]
 
 
 class PyrovaeError(Exception):
@@ -31,3 +31,11 @@ class NonFiniteLossError(PyrovaeError):
             "Try a smaller learning rate (--lr) or a different likelihood."
         )
         self.epoch, self.step, self.loss = epoch, step, loss
+
+
+def brief(err: BaseException) -> str:
+    """``err``'s type and first line (two when the first ends in a colon), shortened: Pyro
+    appends a table of the trace's shapes to errors raised inside a traced program."""
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()] or ["(no message)"]
+    text = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]
+    return f"{type(err).__name__}: {text if len(text) < 200 else text[:197] + '...'}"

@@ -46,12 +46,13 @@ from torch.distributions import kl_divergence
 from tqdm.auto import tqdm
 
 from pyrovae.data import Split, batches
-from pyrovae.errors import PyrovaeError
+from pyrovae.errors import PyrovaeError, brief
 from pyrovae.rng import forked_rng
 
 __all__ = [
     "mean_elbo",
     "log_weights",
+    "check_importance",
     "LogLikelihood",
     "ImportanceEvaluation",
     "importance_log_likelihood",
@@ -157,9 +158,18 @@ def trace_log_weights(model: Callable, guide: Callable, args: tuple, num_samples
                 fn(*a)
         return wrapped
 
-    guide_trace = prune_subsample_sites(poutine.trace(plated(guide)).get_trace(*args))
-    enumerated = poutine.enum(plated(model), first_available_dim=particle_dim - 1)
-    model_trace = poutine.trace(poutine.replay(enumerated, trace=guide_trace)).get_trace(*args)
+    try:
+        guide_trace = prune_subsample_sites(poutine.trace(plated(guide)).get_trace(*args))
+        enumerated = poutine.enum(plated(model), first_available_dim=particle_dim - 1)
+        model_trace = poutine.trace(poutine.replay(enumerated, trace=guide_trace)).get_trace(*args)
+    except PyrovaeError:
+        raise
+    except (RuntimeError, ValueError, IndexError, TypeError) as err:
+        raise PyrovaeError(
+            f"the pair failed when run as importance sampling runs it, with {num_samples} draws per example in a "
+            f"sample dimension left of its plates (dim {particle_dim}): {brief(err)}. Write model and guide so that "
+            "a latent may carry extra leading dimensions: index tensors from the right, and expand other inputs "
+            "to the latent's batch shape (torch.cat([z, y.expand(*z.shape[:-1], -1)], -1))") from err
     model_trace = prune_subsample_sites(model_trace)
     extra = [n for n, s in guide_trace.nodes.items()
              if is_latent(s) and n not in model_trace.nodes and not s["infer"].get("is_auxiliary")]
@@ -226,6 +236,14 @@ def log_weights(pair: nn.Module, x: Tensor, y: Tensor | None = None, num_samples
     with isolated_params():
         nesting = plate_nesting(pair.model, pair.guide, *args)
         return trace_log_weights(pair.model, pair.guide, args, num_samples, nesting)
+
+
+def check_importance(pair: nn.Module, x: Tensor, y: Tensor | None = None) -> None:
+    """Refuse, for the price of two draws on the first example of ``x``, a pair that importance
+    sampling cannot run (:func:`log_weights` raises its error), before any long work; the RNG
+    is left as it was."""
+    with forked_rng(x.device):
+        log_weights(pair, x[:1], None if y is None else y[:1], num_samples=2)
 
 
 @dataclass

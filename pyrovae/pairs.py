@@ -19,7 +19,7 @@ from typing import Any, Callable, TypeVar
 
 from torch import nn
 
-from pyrovae.errors import UsageError
+from pyrovae.errors import UsageError, brief
 
 __all__ = ["register", "bundled", "resolve", "build", "spec_of", "parse_model_args", "parse_model_options"]
 
@@ -63,7 +63,17 @@ def _load_from_file(path: Path, class_name: str) -> type[nn.Module]:
         raise UsageError(f"cannot import {path}: not a Python file")
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
-    spec.loader.exec_module(module)
+    folder = str(path.resolve().parent)  # as `python path.py` would: modules beside the file import
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    try:
+        spec.loader.exec_module(module)
+    except SyntaxError as err:
+        del sys.modules[module_name]
+        raise UsageError(f"cannot import {path}: {err.msg} at line {err.lineno}") from err
+    except ImportError as err:
+        del sys.modules[module_name]
+        raise UsageError(f"cannot import {path}: {brief(err)}") from err
     if not hasattr(module, class_name):
         found = [n for n, v in vars(module).items() if inspect.isclass(v) and issubclass(v, nn.Module)]
         raise UsageError(f"{path} defines no {class_name!r}; nn.Module classes there: {', '.join(found) or 'none'}")
@@ -93,12 +103,33 @@ def spec_of(pair: nn.Module) -> str:
 
 
 def build(spec: str, args: dict[str, Any] | None = None) -> nn.Module:
-    """Construct the pair named ``spec`` with keyword arguments ``args``."""
+    """Construct the pair named ``spec`` with keyword arguments ``args``.
+
+    Its ``hparams``, which runs record to rebuild it: ``args`` for a pair that keeps none; else
+    the pair's own, completed by those of ``args`` that they leave out and that differ from the
+    constructor's default (a new argument of a subclass of a bundled pair)."""
     cls = resolve(spec)
+    args = dict(args or {})
     try:
-        return cls(**(args or {}))
+        pair = cls(**args)
     except TypeError as err:
         raise UsageError(f"cannot build {spec} with {args}: {err}; its signature is {cls.__name__}{inspect.signature(cls)}") from err
+    own = getattr(pair, "hparams", None)
+    if not isinstance(own, dict):
+        pair.hparams = args
+        return pair
+    defaults = {name: p.default for name, p in inspect.signature(cls).parameters.items()}
+    missing = {k: v for k, v in args.items() if k not in own and not (k in defaults and _same(defaults[k], v))}
+    if missing:
+        pair.hparams = {**own, **missing}
+    return pair
+
+
+def _same(default: Any, value: Any) -> bool:
+    try:
+        return bool(default == value) and type(default) is type(value)
+    except Exception:  # noqa: BLE001 - values that do not compare (tensors) are kept
+        return False
 
 
 def parse_model_args(items: list[str]) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from pyro.nn import PyroParam
 from pyro.poutine.util import prune_subsample_sites
 from torch import Tensor, nn
 
-from pyrovae.errors import PyrovaeError
+from pyrovae.errors import PyrovaeError, brief
 from pyrovae.evaluate import (KHAT_OK, PARTICLE_PLATE, is_latent, isolated_params, plate_nesting, psis_khat,
                               trace_log_weights)
 from pyrovae.rng import forked_rng
@@ -88,8 +88,8 @@ def _one_example(x: Tensor, y: Tensor | None) -> tuple[Tensor, ...]:
 
 
 def _nuts_cannot(err: Exception) -> PyrovaeError:
-    return PyrovaeError(f"NUTS cannot sample this pair's model: {err}. It needs continuous latents; "
-                        "mark discrete ones infer={'enumerate': 'parallel'}")
+    return PyrovaeError(f"NUTS cannot sample this pair's model: {brief(err)}. It needs a proper prior density "
+                        "over continuous latents, with discrete ones marked infer={'enumerate': 'parallel'}")
 
 
 def check_comparable(pair: nn.Module, x: Tensor, y: Tensor | None = None) -> None:

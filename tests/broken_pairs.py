@@ -181,6 +181,19 @@ class Crashing(Small):
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(torch.cat([z, z], -1))).to_event(3), obs=x)
 
 
+class FlattensTheSampleDim(Small):
+    """The model reshapes the decoder's output with ``view(-1, ...)``, which folds any leading
+    dimension of draws into the batch: it runs on one draw, not on the draws that
+    importance sampling makes side by side."""
+
+    def model(self, x, y=None):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", self.prior(x))
+            logits = self.decoder(z).view(-1, *X_SHAPE)
+            pyro.sample("x", dist.Bernoulli(logits=logits).to_event(3), obs=x)
+
+
 class GreyBernoulli(Small):
     """Bernoulli pixels, but no likelihood attribute: pyrovae would not binarize the grey images."""
 

@@ -39,6 +39,7 @@ def batch(data):
     (broken.FreeParam, "param-leak", "offset", "second instance"),
     (broken.SharedDecoder, "param-leak", "shared", "shared by every instance"),
     (broken.Crashing, "trace-error", "model", "mat1 and mat2"),
+    (broken.FlattensTheSampleDim, "sample-dim", "model/guide", "leading sample dimension"),
 ])
 def test_each_broken_pair_is_caught_with_its_message(batch, cls, kind, site, words):
     report = check_pair(cls, batch[0])

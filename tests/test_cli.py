@@ -17,7 +17,9 @@ from pyro.infer import Trace_ELBO
 from pyrovae.cli import main
 from pyrovae.data import evaluation_split, load_dataset
 from pyrovae.evaluate import mean_elbo
-from pyrovae.pairs import parse_model_options
+from pyrovae.compare import Settings, compare
+from pyrovae.errors import PyrovaeError
+from pyrovae.pairs import build, parse_model_options
 from pyrovae.runs import load_checkpoint, load_run, read_metrics
 
 TINY = ["--train-size", "300", "--test-size", "100", "--batch-size", "50", "--quiet"]
@@ -64,6 +66,49 @@ def test_a_users_pair_trains_and_evaluates_from_its_file(tmp_path):
     config = json.loads((run / "config.json").read_text())
     assert config["model"] == spec and config["model_args"] == {"z_dim": 3}
     assert main(["eval", str(run)]) == 0
+
+
+def test_the_arguments_that_rebuild_a_pair_are_recorded(tmp_path):
+    assert build(f"{EXAMPLES}:OffsetVAE", {"z_dim": 3}).hparams == {"z_dim": 3}  # no hparams of its own
+    # a subclass of a bundled pair: its own argument joins the parent's hparams unless left at the default
+    assert build(f"{EXAMPLES}:PoisonedVAE", {"poison_at": 7, "z_dim": 3}).hparams["poison_at"] == 7
+    assert "poison_at" not in build(f"{EXAMPLES}:PoisonedVAE", {"poison_at": 5}).hparams
+    assert "reparameterized" not in build("vae", {"reparameterized": True}).hparams  # older runs still resume
+    run = tmp_path / "sub"
+    assert main(["train", f"{EXAMPLES}:PoisonedVAE", "--poison-at", "1000", *SMALL_VAE, "--epochs", "1",
+                 "--out", str(run), *TINY]) == 0
+    assert load_run(run).pair.poison_at == 1000
+
+
+def test_a_pair_that_importance_sampling_cannot_run_is_refused_before_the_long_parts(tmp_path, data, capsys):
+    spec = f"{Path(__file__).parent / 'broken_pairs.py'}:FlattensTheSampleDim"
+    run = tmp_path / "flat"
+    assert main(["train", spec, "--epochs", "1", "--out", str(run), *TINY]) == 0  # one draw: it trains
+    capsys.readouterr()
+    assert main(["eval", str(run)]) == 1
+    out, err = capsys.readouterr()
+    assert "test ELBO" not in out and "sample dimension" in err and "Traceback" not in err
+    assert not (run / "eval.json").exists()
+    assert main(["eval", str(run), "--iwae-k", "0"]) == 0  # the test ELBO alone needs no draws side by side
+    settings = Settings(model=spec, model_args={}, estimators=("trace",), epochs=1, batch_size=100, iwae_k=10, ll_size=50,
+                        snr_draws=5, snr_batch=16)
+    with pytest.raises(PyrovaeError, match="sample dimension"):
+        compare(settings, data, tmp_path / "cmp", quiet=True)
+    assert not (tmp_path / "cmp").exists()
+
+
+def test_a_pair_file_imports_the_modules_beside_it_and_its_import_errors_are_one_line(tmp_path, capsys):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "helpers.py").write_text("from pyrovae.models import VAE as Base\n")
+    (folder / "pair.py").write_text("from helpers import Base\n\n\nclass Mine(Base):\n    pass\n")
+    (folder / "typo.py").write_text("class Mine(\n")
+    (folder / "missing.py").write_text("import no_such_module_here\n")
+    assert type(build(f"{folder / 'pair.py'}:Mine", {"z_dim": 3})).__name__ == "Mine"
+    for name, words in (("typo", "line 1"), ("missing", "no_such_module_here")):
+        assert main(["check", f"{folder / name}.py:Mine"]) == 2
+        err = capsys.readouterr().err
+        assert f"cannot import {folder / name}.py" in err and words in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize(

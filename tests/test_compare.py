@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+from pathlib import Path
 
 import pyro
 import pytest
@@ -16,7 +17,7 @@ from pyrovae.compare import Settings, compare, gradient_snr
 from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import make_estimator
 from pyrovae.models import VAE
-from pyrovae.runs import read_metrics
+from pyrovae.runs import load_run, read_metrics
 from test_estimators import _linear_pair, grad_draws, guide_slice
 
 TINY = dict(model="vae", model_args={"z_dim": 4, "hidden": [16]}, epochs=1, batch_size=100,
@@ -84,6 +85,14 @@ def test_compare_writes_tables_and_figures_and_resumes(tmp_path, data, monkeypat
     fewer = Dataset(data.name, Split(data.train.x[:300], data.train.y[:300]), data.test, data.classes)
     with pytest.raises(UsageError, match="other settings"):  # same settings, other data
         compare(settings, fewer, tmp_path, quiet=True)
+
+
+def test_each_run_of_a_comparison_rebuilds_a_users_pair_with_its_arguments(tmp_path, data):
+    spec = f"{Path(__file__).parent / 'example_pairs.py'}:OffsetVAE"  # keeps no hparams of its own
+    settings = Settings(**{**TINY, "model": spec, "model_args": {"z_dim": 3, "hidden": 16}, "estimators": ("trace",)})
+    compare(settings, data, tmp_path, quiet=True)
+    pair = load_run(tmp_path / "trace-seed0").pair
+    assert pair.z_dim == 3 and pair.decoder.net[0].in_features == 3
 
 
 @pytest.mark.parametrize("kwargs, message", [({"estimators": ("trace", "iwae-0")}, "unknown estimator 'iwae-0'"),
