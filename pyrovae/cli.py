@@ -28,7 +28,7 @@ from pyrovae.evaluate import check_importance, mean_elbo
 from pyrovae.likelihoods import LIKELIHOODS
 from pyrovae.pairs import build, bundled, parse_model_args, parse_model_options
 from pyrovae.plots import save_samples
-from pyrovae.runs import CHECKPOINT, Run, load_run
+from pyrovae.runs import CHECKPOINT, METRICS, Run, check_writable, load_run, write_file
 from pyrovae.train import pyro_info_silenced, resolve_device, train
 
 __all__ = ["main", "build_parser"]
@@ -107,14 +107,19 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         if not speaks:
             return 130  # rank 0 says where the checkpoint is
-        kept = f"the last complete checkpoint is {out / CHECKPOINT}" if (out / CHECKPOINT).exists() else "no epoch had finished"
-        raise Stopped(f"stopped; {kept}. Continue with the same command and --resume") from None
+        if not (out / CHECKPOINT).exists():
+            raise Stopped("stopped before the first epoch ended, so there is no checkpoint; start again with the "
+                          "same command, without --resume") from None
+        raise Stopped(f"stopped; the last complete checkpoint is {out / CHECKPOINT}. Continue with the same "
+                      "command and --resume") from None
     except distributed.FailedOnRankZero as err:
         return err.exit_code  # rank 0 reports it
     finally:
         distributed.leave()
-    final = run.metrics[-1]
-    if speaks:
+    if speaks and not run.metrics:
+        print(f"run in {out}: no epoch's record in its {METRICS}")
+    elif speaks:
+        final = run.metrics[-1]
         print(f"final test ELBO: {final['test_elbo']:.2f} nats per image after {final['epoch']} epoch{'s' * (final['epoch'] != 1)} (run in {out})")
     return 0
 
@@ -146,6 +151,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be 0 or more, got {getattr(args, name)}")
     dev = resolve_device(args.device)
     run = load_run(args.run, dev)
+    path = Path(args.run) / "eval.json"
+    check_writable(path)  # before the long parts, not after
     cfg = run.config
     test, _ = _test_split(run, dev)
     if args.test_size is not None:
@@ -173,8 +180,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.posterior:
             result["posterior"] = _eval_posteriors(run.pair, test, args, uses_labels)
     result["seconds"] = time.perf_counter() - t0
-    path = Path(args.run) / "eval.json"
-    path.write_text(json.dumps(_finite_or_none(result), indent=2) + "\n")
+    write_file(path, json.dumps(_finite_or_none(result), indent=2) + "\n")
     print(f"wrote {path}")
     return 0
 
@@ -462,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # SIGTERM stops like Ctrl-C
     try:
         return args.func(args)
+    except Stopped as err:  # a stop asked for is no error
+        print(f"pyrovae {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
     except PyrovaeError as err:
         print(f"pyrovae {args.command}: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -28,7 +28,7 @@ class NonFiniteLossError(PyrovaeError):
         )
         super().__init__(
             f"the loss became {loss} at epoch {epoch}, step {step}; training stopped and {kept}. "
-            "Try a smaller learning rate (--lr) or a different likelihood."
+            "Start a new run (another --out) with a smaller learning rate (--lr) or another likelihood."
         )
         self.epoch, self.step, self.loss = epoch, step, loss
 

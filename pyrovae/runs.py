@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,7 @@ import pyro
 import torch
 from torch import nn
 
-from pyrovae.errors import PyrovaeError
+from pyrovae.errors import PyrovaeError, brief
 from pyrovae.pairs import build
 
 __all__ = [
@@ -32,6 +33,8 @@ __all__ = [
     "load_checkpoint",
     "load_pair_state",
     "load_run",
+    "check_writable",
+    "write_file",
 ]
 
 CONFIG, METRICS, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
@@ -90,6 +93,9 @@ def prepare_dir(out: Path, config: dict[str, Any], resume: bool) -> dict[str, An
             diffs = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {config.get(k)!r} now" for k in changed)
             raise PyrovaeError(f"--resume: {out} was trained with a different configuration ({diffs}); "
                                "use the same options or another --out")
+        if config["epochs"] < ckpt["epoch"]:
+            raise PyrovaeError(f"--resume: the run in {out} has done {ckpt['epoch']} epochs, more than --epochs "
+                               f"{config['epochs']}; ask for {ckpt['epoch']} or more")
         return ckpt
     if ckpt_path.exists():
         raise PyrovaeError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it, "
@@ -104,8 +110,11 @@ def prepare_dir(out: Path, config: dict[str, Any], resume: bool) -> dict[str, An
 
 
 def append_metrics(out: Path, record: dict[str, Any]) -> None:
-    with open(out / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    try:
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as err:
+        raise PyrovaeError(f"cannot write {out / METRICS}: {err.strerror or err}") from err
 
 
 def read_metrics(out: Path, last_epoch: int | None = None) -> list[dict[str, Any]]:
@@ -113,33 +122,87 @@ def read_metrics(out: Path, last_epoch: int | None = None) -> list[dict[str, Any
     path = out / METRICS
     if not path.exists():
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            record = err
+        if not isinstance(record, dict) or not isinstance(record.get("epoch"), int):
+            raise PyrovaeError(f"{path}, line {number}, is not an epoch's record ({line[:60]!r}); the checkpoint "
+                               "does not depend on it: delete the line, or the file, to go on")
+        records.append(record)
     return [r for r in records if last_epoch is None or r["epoch"] <= last_epoch]
 
 
 def rewrite_metrics(out: Path, records: list[dict[str, Any]]) -> None:
     tmp = out / (METRICS + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    os.replace(tmp, out / METRICS)
+    with _writing(tmp):
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+        os.replace(tmp, out / METRICS)
 
 
 def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``out/checkpoint.pt`` atomically."""
+    """Write ``state`` to ``out/checkpoint.pt`` atomically; on failure (a full disk) the
+    temporary file is removed and the previous checkpoint kept."""
     path, tmp = out / CHECKPOINT, out / (CHECKPOINT + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with _writing(tmp, "the previous checkpoint is kept"):
+        torch.save(state, tmp)
+        os.replace(tmp, path)
     return path
+
+
+def check_writable(path: Path) -> None:
+    """Fail now, before long work, when ``path`` could not be written (a probe file beside it
+    is created and removed)."""
+    tmp = path.with_name(path.name + ".tmp")
+    with _writing(tmp):
+        tmp.write_text("")
+        tmp.unlink()
+
+
+def write_file(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file, so that a failed write leaves the
+    old file as it was."""
+    tmp = path.with_name(path.name + ".tmp")
+    with _writing(tmp, f"{path.name} is as it was"):
+        tmp.write_text(text)
+        os.replace(tmp, path)
+
+
+@contextmanager
+def _writing(tmp: Path, kept: str = "") -> Iterator[None]:
+    """Turn a failed write into a :class:`PyrovaeError` naming the file, the free space and
+    what is kept, with the temporary file ``tmp`` removed."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:  # torch.save reports a full disk as a RuntimeError
+        tmp.unlink(missing_ok=True)
+        try:
+            free = f"{shutil.disk_usage(tmp.parent).free / 2**20:.0f} MiB free there"
+        except OSError:
+            free = "its folder is unreadable"
+        why = err.strerror if isinstance(err, OSError) and err.strerror else brief(err)
+        raise PyrovaeError(f"cannot write {tmp.with_suffix('')}: {why} ({free})" + (f"; {kept}" if kept else "")) from err
 
 
 def load_checkpoint(out: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     path = Path(out) / CHECKPOINT
     if not path.exists():
+        if (Path(out) / CONFIG).exists():
+            raise PyrovaeError(f"no checkpoint in {out}: the run stopped before its first epoch ended")
         raise PyrovaeError(f"no checkpoint in {out}: is it a run directory written by `pyrovae train`?")
     try:
         # our own files: they hold optimizer states and Pyro constraint objects, not only tensors
-        return torch.load(path, map_location=map_location, weights_only=False)
+        ckpt = torch.load(path, map_location=map_location, weights_only=False)
     except Exception as err:
         raise PyrovaeError(f"cannot read {path}: {err}") from err
+    missing = [k for k in ("epoch", "config", "pair", "params") if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        raise PyrovaeError(f"{path} is not a checkpoint written by `pyrovae train` (it has no {', '.join(missing)})")
+    return ckpt
 
 
 def load_pair_state(pair: nn.Module, state: dict[str, Any], out: Path) -> None:

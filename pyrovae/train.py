@@ -34,7 +34,7 @@ from typing import Any, Iterator, Sequence
 import pyro
 import torch
 from pyro import poutine
-from pyro.infer import SVI, TraceEnum_ELBO
+from pyro.infer import SVI, JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO, TraceEnum_ELBO
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -194,6 +194,8 @@ def train(
         svi_step = svi.step if group is None else distributed.DataParallelStep(pair, estimator, optim, dev)
         for elbo_object in (estimator, evaluator):
             _settle_plate_nesting(elbo_object, pair, data.train, batch_size, uses_labels)
+        if group is None:
+            _compile_now(estimator, svi, pair, data.train, batch_size, uses_labels)
         for epoch in range(start + 1, epochs + 1):
             t0 = time.perf_counter()
             pair.train()
@@ -262,8 +264,7 @@ def _open_run(out: Path, config: dict[str, Any], resume: bool) -> tuple[dict[str
         return None, []
     metrics = runs.read_metrics(out, ckpt["epoch"])
     runs.rewrite_metrics(out, metrics)
-    with open(out / runs.CONFIG, "w") as f:
-        f.write(json.dumps(config, indent=2) + "\n")
+    runs.write_file(out / runs.CONFIG, json.dumps(config, indent=2) + "\n")
     return ckpt, metrics
 
 
@@ -279,6 +280,24 @@ def _settle_plate_nesting(estimator: Any, pair: nn.Module, split: Any, batch_siz
     args = (x, split.y[:batch_size]) if uses_labels else (x,)
     with forked_rng(x.device), poutine.block(), pyro.validation_enabled(False), pyro_info_silenced():
         estimator._guess_max_plate_nesting(pair.model, pair.guide, args, {})
+
+
+def _compile_now(estimator: Any, svi: SVI, pair: nn.Module, split: Any, batch_size: int, uses_labels: bool) -> None:
+    """Compile a JIT estimator now, leaving no trace of it: at its first step it runs the model
+    and guide twice more to compile them, drawing from the RNG, so a resumed run, which
+    compiles again, would draw differently from an unbroken one. The RNG, the gradients and
+    the pair's state (buffers a gradient hook may change) are put back."""
+    if not isinstance(estimator, (JitTrace_ELBO, JitTraceEnum_ELBO, JitTraceGraph_ELBO, JitTraceMeanField_ELBO)):
+        return
+    x = split.x[:batch_size]
+    args = (x, split.y[:batch_size]) if uses_labels else (x,)
+    state = {k: v.detach().clone() for k, v in pair.state_dict().items()}
+    pair.train()  # the trace keeps the mode it was compiled in
+    with forked_rng(x.device), pyro.validation_enabled(False), pyro_info_silenced():
+        estimator.loss_and_grads(svi.model, svi.guide, *args)  # the callables SVI keys its compilation on
+    pair.load_state_dict(state)
+    for p in [*pair.parameters(), *(v.unconstrained() for v in pyro.get_param_store().values())]:
+        p.grad = None
 
 
 @contextmanager

@@ -49,9 +49,11 @@ def test_run_directory_holds_config_metrics_checkpoint_and_images(tmp_path, data
         assert torch.equal(loaded.pair.state_dict()[name], value)
 
 
-@pytest.mark.parametrize("cls, elbo", [(VAE, "trace"), (OffsetVAE, "trace"), (VAE, "iwae-3")])
+@pytest.mark.parametrize("cls, elbo", [(VAE, "trace"), (OffsetVAE, "trace"), (VAE, "iwae-3"), (VAE, "jit-trace"),
+                                       (VAE, "jit-graph")])
 def test_interrupted_then_resumed_run_ends_with_identical_parameters(cls, elbo, tmp_path, data):
-    # iwae-3 draws its particles vectorized, after guessing its plate nesting with the RNG put back
+    # iwae-3 draws its particles vectorized, after guessing its plate nesting with the RNG put back;
+    # a JIT estimator compiles in each process, with the RNG put back too
     whole = train(_pair(cls), data, out=tmp_path / "whole", elbo=elbo, **SMALL)
     with pytest.raises(KeyboardInterrupt):
         train(_pair(cls), data, out=tmp_path / "cut", callbacks=[StopAt(epoch=2, step=3)], elbo=elbo, **SMALL)
