@@ -8,8 +8,8 @@ all of them alike:
 
 - ``pyrovae``: :func:`pyrovae.train`, the function behind ``pyrovae train vae``, with the
   default estimator (``trace``; others with ``--elbos``), one call of ``--reps`` + 1 epochs
-  per estimator, as a user's run is (a JIT estimator such as ``jit-trace`` compiles and
-  warms up once, in the untimed first epoch); the epoch's seconds come from the run's
+  per estimator, as a user's run is (a JIT estimator such as ``jit-trace`` compiles before
+  the first epoch and warms up in it, untimed); the epoch's seconds come from the run's
   metrics, as the CLI records them;
 - ``plain``: the loop of ``benchmarks/plain_vae.py`` with ``torch.optim.Adam``'s defaults,
   what one writes by hand;
