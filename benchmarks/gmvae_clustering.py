@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         "# GMVAE clustering on Fashion-MNIST", "",
         f"Command: `{' '.join(shlex.quote(a) for a in ['python', 'benchmarks/gmvae_clustering.py', *(argv if argv is not None else sys.argv[1:])])}`  ",
         f"Date: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; torch {torch.__version__}, pyro {pyro.__version__}; "
-        f"{platform.machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, 2 shared CPU cores  ",
+        f"{platform.machine()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}, {os.cpu_count()} CPUs  ",
         f"Data: {len(data.train)} training images (fit), {len(data.test)} test images (scored); K = {k}, "
         f"z_dim = {z_dim}, hidden = {hidden}, batch {args.batch_size}; "
         f"{args.likelihood} likelihood on "

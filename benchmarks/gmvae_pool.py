@@ -11,6 +11,8 @@ accuracy of each file; the same for NMI.
 Run from the repository root::
 
     python benchmarks/gmvae_pool.py benchmarks/results benchmarks/results/gmvae_clustering_seeds5-9
+
+Prints the figures and writes them to benchmarks/results/gmvae_pool.md (``--out`` elsewhere).
 """
 
 from __future__ import annotations
@@ -18,9 +20,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import statistics
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+lines: list[str] = []
+
+
+def say(line: str) -> None:
+    """Print ``line`` and keep it for the results file."""
+    print(line)
+    lines.append(line)
 
 
 def per_seed(rows: list[dict], prefix: str, score: str) -> dict[int, float]:
@@ -37,19 +50,20 @@ def paired(name: str, gmvae: dict[int, float], reference: dict[int, float], labe
     """Print the reference's mean ``name`` over the GMVAE's seeds, and the GMVAE's paired difference."""
     seeds = sorted(gmvae)
     if set(seeds) - set(reference):
-        print(f"{name}: {label}: missing for seeds {sorted(set(seeds) - set(reference))}")
+        say(f"{name}: {label}: missing for seeds {sorted(set(seeds) - set(reference))}")
         return
     gains = [gmvae[s] - reference[s] for s in seeds]
     se = statistics.stdev(gains) / len(gains) ** 0.5 if len(gains) > 1 else float("nan")
-    print(f"{name}: {label} {statistics.fmean(reference[s] for s in seeds):.3f} "
+    say(f"{name}: {label} {statistics.fmean(reference[s] for s in seeds):.3f} "
           f"({', '.join(f'{reference[s]:.3f}' for s in seeds)})")
-    print(f"{name}: GMVAE minus that {statistics.fmean(gains):+.3f} +- {se:.3f} (standard error), "
+    say(f"{name}: GMVAE minus that {statistics.fmean(gains):+.3f} +- {se:.3f} (standard error), "
           f"above it in {sum(g > 0 for g in gains)} of {len(gains)} seeds")
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("dirs", nargs="+", help="directories holding gmvae_clustering.json")
+    p.add_argument("--out", type=Path, default=RESULTS / "gmvae_pool.md", help="where to write the figures")
     args = p.parse_args(argv)
     scores = ("accuracy", "nmi")
     gmvae: dict[str, dict[int, float]] = {k: {} for k in scores}
@@ -67,14 +81,20 @@ def main(argv: list[str] | None = None) -> int:
             for prefix in references:
                 reference[k, prefix].update(per_seed(rows, prefix, k))
         pixels.append(rows[0])
-    print(f"seeds: {', '.join(map(str, sorted(gmvae['accuracy'])))}")
+    say(f"seeds: {', '.join(map(str, sorted(gmvae['accuracy'])))}")
     for k in scores:
         seeds = sorted(gmvae[k])
-        print(f"{k}: GMVAE {statistics.fmean(gmvae[k].values()):.3f} ({', '.join(f'{gmvae[k][s]:.3f}' for s in seeds)})")
+        say(f"{k}: GMVAE {statistics.fmean(gmvae[k].values()):.3f} ({', '.join(f'{gmvae[k][s]:.3f}' for s in seeds)})")
         for prefix, label in references.items():
             paired(k, gmvae[k], reference[k, prefix], label)
-    print("k-means on raw pixels, one per file: " + ", ".join(f"accuracy {r['accuracy']:.3f} (NMI {r['nmi']:.3f})"
-                                                             for r in pixels))
+    say("k-means on raw pixels, one per file: " + ", ".join(f"accuracy {r['accuracy']:.3f} (NMI {r['nmi']:.3f})"
+                                                           for r in pixels))
+    command = " ".join(shlex.quote(a) for a in ["python", "benchmarks/gmvae_pool.py",
+                                                *(argv if argv is not None else sys.argv[1:])])
+    args.out.write_text("\n".join(["# GMVAE clustering, seeds pooled", "", f"Command: `{command}`  ",
+                                   f"Date: {datetime.now(timezone.utc).isoformat(timespec='seconds')}; read from "
+                                   + ", ".join(f"{d}/gmvae_clustering.json" for d in args.dirs), "", "```",
+                                   *lines, "```", ""]))
     return 0
 
 

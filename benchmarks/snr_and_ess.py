@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from datetime import datetime, timezone
 from pathlib import Path
 
 import pyro
@@ -27,6 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from example_pairs import linear_pair  # noqa: E402  (the pair the tests check)
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe  # noqa: E402
 from pyrovae import load_dataset  # noqa: E402
 from pyrovae.compare import gradient_snr  # noqa: E402
 from pyrovae.data import Split, evaluation_split  # noqa: E402
@@ -75,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     linear = linear_sweep([1, 10, 100, 1000], args.draws)
     ess = weight_ess(args.run, [5, 50, 200, 1000])
-    date = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    info = describe()
+    machine = info["machine"]
     RESULTS.write_text(
-        f"# Gradient SNR and weight degeneracy\n\n`python {' '.join(sys.argv)}`, {date}, torch {torch.__version__}, "
-        f"pyro {pyro.__version__}\n\n## Linear Gaussian pair, {args.draws} gradient draws on 8 examples\n\n"
+        f"# Gradient SNR and weight degeneracy\n\n`{info['command']}`, {info['date']}, torch {torch.__version__}, "
+        f"pyro {pyro.__version__}; {machine['cpu']} ({machine['cpu_count']} CPUs, {machine['torch_threads']} torch "
+        f"threads)\n\n## Linear Gaussian pair, {args.draws} gradient draws on 8 examples\n\n"
         + "\n".join(linear) + f"\n\n## Normalized importance weights of the VAE in `{args.run}`, 64 training images\n\n"
         + "\n".join(ess) + "\n")
     print(f"wrote {RESULTS}")

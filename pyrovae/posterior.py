@@ -71,7 +71,7 @@ def _arviz() -> Any:
 @contextmanager
 def _one_thread() -> Iterator[None]:
     """One intra-op thread: the tensors of one example are small, and several threads only
-    add synchronisation (more than ten times slower for NUTS on a busy 2-core machine)."""
+    add synchronisation, which slows NUTS down on a busy machine."""
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
