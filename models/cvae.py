@@ -128,9 +128,11 @@ class CVAE(nn.Module):
             self.prior_net = Encoder(self.x_shape, hidden, z_dim)
             self.recognition = Encoder(self.x_shape, hidden, z_dim)
             self.generation = Decoder(z_dim + x_size, list(reversed(hidden)), self.x_shape)
-            # unconditional sampling and per-label samples mean nothing here: the plots skip them
+            # unconditional sampling and per-label samples mean nothing here, and a latent decodes only
+            # beside the visible part of an input: the plots skip them
             self.sample = None
             self.sample_by_label = None
+            self.decode = None
 
     # -- the condition -------------------------------------------------------------------
 

@@ -38,6 +38,13 @@ class Stopped(PyrovaeError):
     exit_code = 130
 
 
+def _seed(text: str) -> int:
+    value = int(text)
+    if not 0 <= value < 2**32:  # numpy's range, which Pyro's seeding shares
+        raise argparse.ArgumentTypeError(f"must lie in 0..{2**32 - 1}, got {text}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -295,6 +302,11 @@ def cmd_sample(args: argparse.Namespace) -> int:
     kind = "" if args.label is None and args.per_label is None else \
         f"_label{args.label}" if args.label is not None else "_per_label"
     out = Path(args.out or Path(args.run) / f"sample{kind}.png")
+    if out.suffix.lower() != ".png":
+        raise UsageError(f"--out names the PNG file to write, such as {out.with_suffix('.png')}; got {args.out}")
+    labels = getattr(run.pair, "num_classes", None)
+    if args.label is not None and isinstance(labels, int) and not 0 <= args.label < labels:
+        raise UsageError(f"--label must lie in 0..{labels - 1}, got {args.label}")
     pyro.set_rng_seed(args.seed)
     by_label = getattr(run.pair, "sample_by_label", None)
     if (args.label is not None or args.per_label is not None) and not callable(by_label):
@@ -376,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "options the command does not know, such as --task complete, are passed the same way")
     _training_options(p)
     p.add_argument("--elbo", default=None, help=f"estimator (default: the pair's default_elbo, else trace): {valid_forms()}")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.add_argument("--out", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     p.add_argument("--quiet", action="store_true", help="print only the final result")
@@ -417,14 +429,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nuts-warmup", type=int, default=300, help="NUTS warm-up steps per chain")
     p.add_argument("--gap-steps", type=int, default=500,
                    help="Adam steps fitting the best per-input guide for the gap split (0 skips the split)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("plot", help="draw a run's figures (curves, samples, latents, manifold) as PNGs")
     p.add_argument("run", help="a run directory written by `pyrovae train`")
     p.add_argument("--out", default=None, help="folder for the PNGs (default RUN/plots)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_plot)
 
@@ -438,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="draw a grid with one row of N images per label (a pair with sample_by_label)")
     p.add_argument("--out", default=None, help="PNG file (default RUN/sample.png, RUN/sample_labelL.png or "
                    "RUN/sample_per_label.png; RUN/samples.png is training's grid)")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.set_defaults(func=cmd_sample)
 
@@ -449,7 +461,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="fashion-mnist", help=f"one of {', '.join(DATASETS)}")
     p.add_argument("--data-root", default=None, help="folder holding <ClassName>/raw/ idx files")
     p.add_argument("--batch", type=int, default=8, help="examples in the batch the pair runs on")
-    p.add_argument("--seed", type=int, default=0, help="random seed")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed")
     p.set_defaults(func=cmd_check)
     return parser
 

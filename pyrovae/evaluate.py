@@ -99,6 +99,9 @@ def mean_elbo(pair: nn.Module, split: Split, estimator: ELBO, batch_size: int = 
     Run it inside the pair's parameter scope (:meth:`pyrovae.runs.Run.param_scope` or
     the trainer's own) so that Pyro parameters outside networks have their trained values.
     """
+    if batch_size < 1 or len(split) == 0:
+        raise PyrovaeError(f"mean_elbo needs a positive batch size and examples, got batch_size={batch_size} "
+                           f"and {len(split)} examples")
     total = 0.0
     validate = pyro.distributions.is_validation_enabled()
     with torch.no_grad():  # Pyro's ELBO.loss would otherwise record every batch for a backward pass

@@ -39,6 +39,9 @@ def register(name: str) -> Callable[[T], T]:
     return add
 
 
+MAIN = "__main__"  # how spec_of names the module of a class defined in the running script
+
+
 def bundled() -> dict[str, type[nn.Module]]:
     """The registered pairs by name (importing :mod:`pyrovae.models` registers the bundled ones)."""
     importlib.import_module("pyrovae.models")
@@ -84,6 +87,10 @@ def resolve(spec: str) -> type[nn.Module]:
     """The pair class named by ``spec``: a registered name or ``path/to/file.py:ClassName``."""
     if ":" in spec:
         path, class_name = spec.rsplit(":", 1)
+        if path == MAIN:
+            raise UsageError(f"the pair {class_name} was defined in the script or notebook that trained it, which "
+                             f"pyrovae cannot import again: move the class to a file (path/to/file.py:{class_name}), "
+                             f"or from Python rebuild it yourself: load_run(out, pair={class_name}(...))")
         return _load_from_file(Path(path), class_name)
     registry = bundled()
     if spec not in registry:
@@ -95,11 +102,18 @@ def resolve(spec: str) -> type[nn.Module]:
 
 
 def spec_of(pair: nn.Module) -> str:
-    """How to name ``pair``'s class again: its registered name, else ``file.py:ClassName``."""
-    for name, cls in bundled().items():
-        if type(pair) is cls:
+    """How to name ``pair``'s class again: its registered name, else ``file.py:ClassName``, or
+    ``__main__:ClassName`` for a class of the running script or notebook (importing a script
+    again would run it again), which :func:`resolve` refuses."""
+    cls = type(pair)
+    for name, registered in bundled().items():
+        if cls is registered:
             return name
-    return f"{Path(inspect.getfile(type(pair))).resolve()}:{type(pair).__qualname__}"
+    try:
+        where = None if cls.__module__ == "__main__" else Path(inspect.getfile(cls)).resolve()
+    except (TypeError, OSError):  # defined by exec or in an interactive session
+        where = None
+    return f"{where or MAIN}:{cls.__qualname__}"
 
 
 def build(spec: str, args: dict[str, Any] | None = None) -> nn.Module:

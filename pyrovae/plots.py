@@ -6,7 +6,10 @@ codes and decoded images are read from traces of the pair (the guide's mean of i
 continuous latent site, the mean of the model's observation given a latent value), so the
 pictures need nothing of a pair beyond ``model`` and ``guide``; its optional methods
 ``sample(n)``, ``reconstruct(x)``, ``encode(x)``, ``decode(z)``, ``sample_by_label(n)``
-and ``sample_by_component(n)`` are used where present.
+and ``sample_by_component(n)`` are used where present. A pair sets one of them to ``None``
+to say it has no such figure: ``decode = None`` for a model whose ``p(x | z)`` needs more
+than ``z`` (a condition taken from ``x`` itself), which no figure decoding a latent alone
+could show.
 """
 
 from __future__ import annotations
@@ -98,7 +101,7 @@ def save_reconstructions(pair: nn.Module, x: Tensor, path: str | Path, nrow: int
 def save_training_curves(metrics: Sequence[dict[str, Any]], path: str | Path) -> Path:
     """Train and test ELBO per epoch (nats per example) from a run's ``metrics.jsonl`` records."""
     if not metrics:
-        raise FigureUnavailable("the run has no metrics (no epoch finished)")
+        raise FigureUnavailable("the run has no epoch's record (its metrics.jsonl is empty or missing)")
     fig = _figure(6, 4)
     ax = fig.add_subplot()
     epochs = [r["epoch"] for r in metrics]
@@ -126,6 +129,8 @@ def _latent_site(pair: nn.Module, x: Tensor, y: Tensor | None) -> tuple[str, Any
     sites = {n: s for n, s in trace.nodes.items() if is_latent(s) and not s["fn"].has_enumerate_support}
     if "z" in sites:
         return "z", sites["z"]
+    if not sites:
+        raise FigureUnavailable("the guide has no continuous latent site")
     if len(sites) != 1:
         raise FigureUnavailable(f"the guide has continuous latent sites {sorted(sites)}; "
                                 "the latent plots need one (preferably named 'z')")
@@ -150,6 +155,9 @@ def decode_means(pair: nn.Module, z: Tensor, x_like: Tensor, y: Tensor | None = 
     ``x_like`` (a batch of inputs) gives the example shape and dtype; ``y``, one label per
     row of ``z``, is passed to a pair that uses labels."""
     n = z.shape[0]
+    if hasattr(pair, "decode") and pair.decode is None:
+        raise FigureUnavailable(f"{type(pair).__name__} decodes a latent only with a condition taken from an input "
+                                "(decode = None)")
     if callable(getattr(pair, "decode", None)):
         return pair.decode(z)
     with isolated_params():
@@ -169,6 +177,8 @@ def save_interpolations(pair: nn.Module, x_from: Tensor, x_to: Tensor, path: str
     """One row per pair of inputs: the first input, ``steps`` images decoded along the straight
     line between the two latent means, the second input."""
     _check_images(x_from.shape[1:])
+    if x_from.shape[0] == 0:
+        raise FigureUnavailable("interpolations need at least 2 test inputs")
     za, zb = encode_means(pair, x_from, y), encode_means(pair, x_to, y)
     t = torch.linspace(0, 1, steps, dtype=za.dtype, device=za.device)
     path_z = za[:, None] + t[None, :, None] * (zb - za)[:, None]  # (rows, steps, d)
@@ -212,8 +222,10 @@ def save_latent_scatter(pair: nn.Module, split: Split, path: str | Path, classes
 def save_manifold(pair: nn.Module, x_like: Tensor, path: str | Path, n: int = 20, y: Tensor | None = None) -> Path:
     """Images decoded over an ``n x n`` grid of prior quantiles of a 2-D latent (Kingma and
     Welling, 2014, figure 4): ``z = F^{-1}(q)`` for ``q`` in ``(0.5/n, ..., 1 - 0.5/n)`` per
-    coordinate, with ``F`` the standard normal CDF (the bundled pairs' prior); ``z[1]`` grows
-    upwards. For a pair that uses labels, ``y[0]`` is the label of every image."""
+    coordinate, with ``F`` the standard normal CDF (the plain VAE's prior; for a pair with
+    another prior, such as a mixture or a flat one, the grid is the same and may miss where
+    its codes lie); ``z[1]`` grows upwards. For a pair that uses labels, ``y[0]`` is the
+    label of every image."""
     _check_images(x_like.shape[1:])
     label = None if y is None else y[:1]
     d = encode_means(pair, x_like[:1], label).shape[1]

@@ -221,12 +221,17 @@ def load_pair_state(pair: nn.Module, state: dict[str, Any], out: Path) -> None:
                            "again, or load it with the pyrovae that wrote it") from err
 
 
-def load_run(out: str | Path, device: str | torch.device = "cpu") -> Run:
-    """Rebuild the trained pair of a run directory from its last checkpoint."""
+def load_run(out: str | Path, device: str | torch.device = "cpu", pair: nn.Module | None = None) -> Run:
+    """Rebuild the trained pair of a run directory from its last checkpoint.
+
+    :param pair: a pair to load the weights into, built as the run's was; by default the one
+        the run's ``config.json`` names (a class defined in the training script or notebook
+        cannot be named so: pass the pair).
+    """
     out = Path(out)
     ckpt = load_checkpoint(out, map_location=device)
     config = ckpt["config"]
-    pair = build(config["model"], config["model_args"])
+    pair = pair if pair is not None else build(config["model"], config["model_args"])
     load_pair_state(pair, ckpt["pair"], out)
     pair.to(device).eval()
     return Run(pair, config, read_metrics(out, ckpt["epoch"]), out, ckpt["params"])

@@ -141,6 +141,11 @@ def train(
     initial weights are drawn when the pair is built, so call ``pyro.set_rng_seed(seed)``
     before building it for a fully repeatable run (the CLI does).
     """
+    if not isinstance(pair, nn.Module) or not callable(getattr(pair, "model", None)):
+        raise UsageError(f"train() takes a pair, an nn.Module instance with model() and guide(); got {pair!r}"
+                         + (" (a class: build one, e.g. VAE())" if isinstance(pair, type) else ""))
+    if not (isinstance(seed, int) and 0 <= seed < 2**32):
+        raise UsageError(f"seed must be an integer in 0..{2**32 - 1} (NumPy's range, which Pyro seeds too), got {seed!r}")
     if epochs < 1 or batch_size < 1 or not lr > 0:
         raise UsageError(f"epochs and batch size must be positive and lr > 0; got epochs={epochs}, "
                          f"batch_size={batch_size}, lr={lr}")

@@ -134,6 +134,14 @@ def test_bad_input_gets_one_message_and_a_status(argv, status, message, capsys):
     assert message in err and err.startswith("pyrovae ") and "Traceback" not in err
 
 
+@pytest.mark.parametrize("seed", ["-1", str(2**32)])
+def test_a_seed_outside_numpys_range_is_refused_by_the_parser(seed, capsys):
+    for command in (["train", "vae"], ["sample", "."], ["plot", "."], ["eval", "."]):
+        with pytest.raises(SystemExit) as exit_:
+            main([*command, "--seed", seed])
+        assert exit_.value.code == 2 and "must lie in 0..4294967295" in capsys.readouterr().err
+
+
 def test_resume_errors_through_the_command_line(tmp_path, capsys):
     run = str(tmp_path / "r")
     assert main(["train", "vae", "--resume", "--out", run, *TINY]) == 1

@@ -163,6 +163,11 @@ def test_command_line_trains_completion_and_samples_by_label(tmp_path, capsys):
     assert main(["eval", str(complete), "--iwae-k", "5"]) == 0
     assert main(["sample", str(complete), "--per-label", "2"]) == 2
     assert "no sample_by_label" in capsys.readouterr().err
+    # a latent decodes only beside an input's visible part: no interpolations or manifold from zeros
+    assert main(["plot", str(complete), "--out", str(tmp_path / "plots")]) == 0
+    written = {p.name for p in (tmp_path / "plots").iterdir()}
+    assert "reconstructions.png" in written and not {"interpolations.png", "manifold.png"} & written
+    assert "decode = None" in capsys.readouterr().out
 
     label = tmp_path / "label"
     assert main(["train", "cvae", "--out", str(label), *TINY, *SMALL]) == 0
@@ -175,3 +180,6 @@ def test_command_line_trains_completion_and_samples_by_label(tmp_path, capsys):
     assert Image.open(label / "sample_label2.png").size == (62, 62)
     assert main(["sample", str(label), "--label", "10"]) == 2
     assert "--label must lie in 0..9" in capsys.readouterr().err
+    for name in ("three", "three.txt", "folder/"):
+        assert main(["sample", str(label), "--label", "3", "--out", str(tmp_path / name)]) == 2
+        assert "names the PNG file to write" in capsys.readouterr().err

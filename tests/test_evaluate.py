@@ -383,3 +383,10 @@ def test_mean_elbo_checks_the_data_of_its_first_batch():
     x[0, 0] = 0.5  # not a Bernoulli value
     with pyro.validation_enabled(True), pytest.raises(ValueError, match="support"):
         mean_elbo(pair, Split(x, torch.zeros(6)), Trace_ELBO(), batch_size=3)
+
+
+@pytest.mark.parametrize("size, batch_size", [(0, 3), (4, 0)])
+def test_mean_elbo_refuses_no_examples_and_a_batch_size_below_one(size, batch_size):
+    pair = VAE(z_dim=2, hidden=[8])
+    with pytest.raises(PyrovaeError, match="positive batch size and examples"):
+        mean_elbo(pair, Split(torch.zeros(size, 1, 28, 28), torch.zeros(size)), Trace_ELBO(), batch_size=batch_size)

@@ -142,3 +142,13 @@ def test_an_interpolation_row_runs_from_one_code_to_the_other(tmp_path):
         expected = torch.sigmoid(codes[0] + t * (codes[1] - codes[0]))
         assert _tile(path, 0, col, padding=2) == pytest.approx(expected.tolist(), abs=1 / 255)
     assert _tile(path, 0, 6, padding=2) == pytest.approx(torch.sigmoid(codes[1]).tolist(), abs=1 / 255)
+
+
+def test_a_single_test_image_skips_the_interpolations_with_a_reason(data, tmp_path):
+    pair = VAE(z_dim=2, hidden=[8]).eval()
+    one = evaluation_split(data.test, True)
+    one = type(one)(one.x[:1], one.y[:1])
+    with pyro.get_param_store().scope():
+        figures = save_figures(pair, one, tmp_path, n=1)
+    assert "at least 2" in figures.skipped["interpolations.png"]
+    assert "manifold.png" in {p.name for p in figures.written}

@@ -134,11 +134,27 @@ def test_bad_run_directories_are_refused(tmp_path, data):
 @pytest.mark.parametrize(
     "kwargs, error",
     [({"elbo": "nope"}, "unknown estimator"), ({"device": "tpu"}, "unknown device"), ({"epochs": 0}, "epochs"),
-     ({"lr": -1.0}, "lr > 0"), ({"resume": True}, "resume=True needs")],
+     ({"lr": -1.0}, "lr > 0"), ({"resume": True}, "resume=True needs"), ({"seed": -1}, "seed must be an integer")],
 )
 def test_bad_options_are_usage_errors(kwargs, error, data):
     with pytest.raises(UsageError, match=error):
         train(_pair(), data, **{**SMALL, **kwargs})
+
+
+def test_a_class_instead_of_a_pair_is_a_usage_error(data):
+    with pytest.raises(UsageError, match="a class: build one"):
+        train(VAE, data, **SMALL)
+
+
+def test_a_pair_defined_in_the_running_script_trains_and_loads_when_passed_again(tmp_path, data):
+    Inline = type("Inline", (VAE,), {"__module__": "__main__"})  # as a class of a script or notebook cell is
+    run = train(Inline(z_dim=4, hidden=[16]), data, out=tmp_path / "inline", **{**SMALL, "epochs": 1})
+    assert run.config["model"] == "__main__:Inline"
+    with pytest.raises(UsageError, match="cannot import again.*load_run\\(out, pair=Inline"):
+        load_run(tmp_path / "inline")
+    loaded = load_run(tmp_path / "inline", pair=Inline(z_dim=4, hidden=[16]))
+    for name, value in run.pair.state_dict().items():
+        assert torch.equal(loaded.pair.state_dict()[name], value)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
