@@ -67,6 +67,7 @@ from typing import Sequence
 import pyro
 import pyro.distributions as dist
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -139,6 +140,20 @@ class ComponentHeads(nn.Module):
         self.shift = nn.Parameter(torch.zeros(k, z_dim))
 
 
+def _world() -> int:
+    return torch_dist.get_world_size() if torch_dist.is_available() and torch_dist.is_initialized() else 1
+
+
+def _global_count(x: torch.Tensor) -> int:
+    """The examples of this step on every process: pretraining lasts as many examples, and
+    switches at the same step, as in one process."""
+    if _world() == 1:
+        return x.shape[0]
+    n = torch.tensor([x.shape[0]], device=x.device)
+    torch_dist.all_reduce(n)
+    return int(n.item())
+
+
 @register("gmvae")
 class GMVAE(nn.Module):
     """A VAE whose prior is a mixture of K Gaussians; the component is summed out by enumeration.
@@ -148,7 +163,7 @@ class GMVAE(nn.Module):
     :param hidden: hidden layer sizes of the encoder (the decoder mirrors them).
     :param likelihood: ``bernoulli``, ``gaussian``, ``gaussian-learned`` or ``continuous-bernoulli``.
     :param x_shape: shape of one example.
-    :param pretrain_examples: training examples (summed over steps) during which the pair is
+    :param pretrain_examples: training examples (summed over steps, and over processes) during which the pair is
         the plain VAE before the mixture starts from k-means on its codes; 0 starts the
         mixture at once from random means.
     :param init_codes: how many of the last pretraining codes the k-means sees.
@@ -239,7 +254,7 @@ class GMVAE(nn.Module):
             pyro.sample("z", dist.Normal(z_loc, scale).to_event(1))
         if training:  # committed by _count_step when this step's gradient arrives
             codes = None if self.mixture_on else torch.cat([loc, scale], -1).detach().reshape(-1, 2 * self.z_dim)
-            self._pending = (x.shape[0], codes)
+            self._pending = (_global_count(x), codes)
 
     # --- pretraining, then the switch ---------------------------------------------------------
 
@@ -265,6 +280,9 @@ class GMVAE(nn.Module):
         if n >= self.k:
             loc, scale = self.codes[:n].split(self.z_dim, -1)
             self.prior.fit(loc, scale, self.init_restarts)
+        if _world() > 1:  # every process starts from rank 0's components (each kept its own slices' codes)
+            for tensor in self.prior.state_dict().values():
+                torch_dist.broadcast(tensor, src=0)
         self.mixture_on.fill_(True)
 
     # --- clustering and images -----------------------------------------------------------------

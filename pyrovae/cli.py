@@ -102,6 +102,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.nproc > 1:
         if "WORLD_SIZE" in os.environ:
             raise UsageError("--nproc starts its own processes; under torchrun leave it out")
+        if args.batch_size < args.nproc:  # refused here once, not by every process
+            raise UsageError(f"--batch-size {args.batch_size} cannot be shared by {args.nproc} processes; give "
+                             f"{args.nproc} or more")
         return distributed.launch(args.nproc, _worker_argv(args, out))  # each process prints its own messages
     pyro.set_rng_seed(args.seed)  # the networks' initial weights depend on the seed too
     pair = build(args.model, model_args)

@@ -12,13 +12,14 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterator
 
 import torch
 
-from pyrovae.errors import PyrovaeError, UsageError
+from pyrovae.errors import PyrovaeError, UsageError, brief
 
 __all__ = [
     "Split",
@@ -104,12 +105,19 @@ def _unpack_system_copy(cls: Any, system: Path, root: Path) -> bool:
     if not all(path.is_file() for path in sources):
         return False
     raw = root / cls.__name__ / "raw"
-    raw.mkdir(parents=True, exist_ok=True)
+    try:
+        raw.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise PyrovaeError(f"cannot make the data folder {raw}: {brief(err)} (set PYROVAE_DATA to a folder)") from err
     for path in sources:
         target = raw / path.stem
         partial = target.with_suffix(".partial")
-        with gzip.open(path, "rb") as src, open(partial, "wb") as dst:
-            shutil.copyfileobj(src, dst)
+        try:
+            with gzip.open(path, "rb") as src, open(partial, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+        except (OSError, EOFError) as err:  # a damaged archive (gzip.BadGzipFile is an OSError) or a full disk
+            partial.unlink(missing_ok=True)
+            raise PyrovaeError(f"cannot unpack {path} into {raw}: {brief(err)}") from err
         os.replace(partial, target)  # atomic: a stopped unpack never looks complete
     return True
 
@@ -121,9 +129,12 @@ def _find_root(name: str, root: str | Path | None, download: bool) -> Path:
         if _has_raw_files(cls, Path(root)):
             return Path(root)
         tried.append(f"the given root {root}")
+        warnings.warn(f"{root} holds no {name} files in {Path(root) / cls.__name__ / 'raw'}; looking elsewhere",
+                      stacklevel=3)
     cache = cache_dir()
     if _has_raw_files(cls, cache):
         return cache
+    tried.append(f"the cache {cache}")
     if system is not None and _unpack_system_copy(cls, system, cache):
         return cache
     if download:
@@ -140,7 +151,7 @@ def _find_root(name: str, root: str | Path | None, download: bool) -> Path:
         ways.append(f"install the Debian package dataset-{name} (files in {system})")
     ways.append("run once on a machine online, so that torchvision downloads them")
     raise PyrovaeError(
-        f"no {name} data found (tried: {', '.join(tried + [f'the cache {cache}'])}). Ways to get it:\n  - "
+        f"no {name} data found (tried: {', '.join(tried)}). Ways to get it:\n  - "
         + "\n  - ".join(ways)
     )
 
@@ -172,7 +183,11 @@ def load_dataset(
     found = str(_find_root(name, root, download))
     splits = []
     for is_train, size in ((True, train_size), (False, test_size)):
-        ds = cls(found, train=is_train, download=False)
+        try:
+            ds = cls(found, train=is_train, download=False)
+        except (RuntimeError, AssertionError, ValueError, EOFError, OSError) as err:  # torchvision's idx reader
+            raise PyrovaeError(f"cannot read the {name} files in {Path(found) / cls.__name__ / 'raw'}: {brief(err)}; "
+                               "replace them, or delete them to have them unpacked or downloaded again") from err
         x = ds.data[:size].unsqueeze(1).to(torch.float32).div_(255.0)
         splits.append(Split(x, ds.targets[:size].clone()).to(device))
     return Dataset(name, splits[0], splits[1], tuple(cls.classes), found)

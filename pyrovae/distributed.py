@@ -90,8 +90,9 @@ class Group:
         from pyrovae.train import epoch_generator  # train imports this module
 
         n = len(split)
-        if n < self.world:
-            raise UsageError(f"{n} training examples cannot be shared by {self.world} processes")
+        if n < self.world or batch_size < self.world:
+            raise UsageError(f"{min(n, batch_size)} {'training examples' if n < batch_size else 'examples a batch'} "
+                             f"cannot be shared by {self.world} processes")
         order = torch.randperm(n, generator=epoch_generator(seed, epoch, 0, torch.device("cpu"))).to(split.x.device)
         flips = torch.Generator(device=device).manual_seed(_seed(seed, epoch, 1, self.rank)) if binarized else None
         bounds = [*range(0, n, batch_size), n]
@@ -143,12 +144,12 @@ def current() -> Group | None:
 class _Loss(nn.Module):
     """The pair's differentiable loss as a module's forward, so that DDP's hooks fire."""
 
-    def __init__(self, pair: nn.Module, estimator: ELBO) -> None:
+    def __init__(self, pair: nn.Module, estimator: ELBO, model: Callable, guide: Callable) -> None:
         super().__init__()
-        self.pair, self.estimator = pair, estimator
+        self.pair, self.estimator, self.model, self.guide = pair, estimator, model, guide
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
-        return self.estimator.differentiable_loss(self.pair.model, self.pair.guide, *args)
+        return self.estimator.differentiable_loss(self.model, self.guide, *args)
 
 
 def _sum_hook(state, bucket):  # no annotations: DDP checks them, and this module's are strings
@@ -165,6 +166,9 @@ class DataParallelStep:
 
     def __init__(self, pair: nn.Module, estimator: ELBO, optim: pyro.optim.PyroOptim, device: torch.device) -> None:
         self.pair, self.estimator, self.optim, self.device = pair, estimator, optim, device
+        # the same callables at every step: Pyro's JIT estimators key their compiled code on their ids,
+        # and each `pair.model` is a new bound method
+        self.model, self.guide = pair.model, pair.guide
         self.ddp: DistributedDataParallel | None = None
         self.by_ddp: set[torch.Tensor] = set()
         self.ready = False
@@ -177,17 +181,17 @@ class DataParallelStep:
         use_ddp = hasattr(self.estimator, "differentiable_loss") and bool(trained)
         with forked_rng(self.device), poutine.trace(param_only=True) as capture:
             if use_ddp:
-                loss = self.estimator.differentiable_loss(self.pair.model, self.pair.guide, *args)
+                loss = self.estimator.differentiable_loss(self.model, self.guide, *args)
                 unused = not loss.requires_grad or any(
                     g is None for g in torch.autograd.grad(loss, trained, allow_unused=True))
             else:
-                self.estimator.loss(self.pair.model, self.pair.guide, *args)
+                self.estimator.loss(self.model, self.guide, *args)
         with torch.no_grad():
             for name in sorted(capture.trace.nodes):  # the same order on every rank
                 dist.broadcast(capture.trace.nodes[name]["value"].unconstrained().detach(), src=0)
         if use_ddp:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.ddp = DistributedDataParallel(_Loss(self.pair, self.estimator), device_ids=ids,
+            self.ddp = DistributedDataParallel(_Loss(self.pair, self.estimator, self.model, self.guide), device_ids=ids,
                                                find_unused_parameters=unused)
             self.ddp.register_comm_hook(None, _sum_hook)
             self.by_ddp = set(trained)
@@ -201,7 +205,7 @@ class DataParallelStep:
                 loss = self.ddp(*args)
                 loss.backward()
             else:
-                loss = self.estimator.loss_and_grads(self.pair.model, self.pair.guide, *args)
+                loss = self.estimator.loss_and_grads(self.model, self.guide, *args)
         named = {name: site["value"].unconstrained() for name, site in capture.trace.nodes.items()}
         rest = [named[name] for name in sorted(named) if named[name] not in self.by_ddp]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in rest]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -32,11 +34,31 @@ def test_debian_copy_is_unpacked_into_the_cache(tmp_path, monkeypatch, data):
 def test_missing_data_error_names_every_way_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "empty"))
     monkeypatch.setitem(DATASETS, "fashion-mnist", (DATASETS["fashion-mnist"][0], tmp_path / "no-package"))
-    with pytest.raises(PyrovaeError) as err:
+    with pytest.raises(PyrovaeError) as err, pytest.warns(UserWarning, match="nowhere holds no fashion-mnist files"):
         load_dataset("fashion-mnist", root=tmp_path / "nowhere", download=False)
     message = str(err.value)
+    assert message.index("the cache") < message.index("Ways")
     for way in ("--data-root", "PYROVAE_DATA", "dataset-fashion-mnist", "download"):
         assert way in message
+
+
+def test_damaged_idx_files_and_archives_are_one_message(tmp_path, monkeypatch, data):
+    raw = tmp_path / "root" / "FashionMNIST" / "raw"  # a copy of the files, the training images cut short
+    raw.mkdir(parents=True)
+    for f in (Path(data.root) / "FashionMNIST" / "raw").iterdir():
+        (raw / f.name).write_bytes(f.read_bytes()[:1_000_000] if f.name.startswith("train-images") else f.read_bytes())
+    with pytest.raises(PyrovaeError, match="cannot read the fashion-mnist files in .*root/FashionMNIST/raw"):
+        load_dataset("fashion-mnist", root=tmp_path / "root", download=False)
+
+    system = tmp_path / "package"  # a distribution package whose archives are damaged
+    system.mkdir()
+    for gz in Path(DATASETS["fashion-mnist"][1]).iterdir():
+        (system / gz.name).write_bytes(b"\x1f\x8b not really gzip")
+    monkeypatch.setenv("PYROVAE_DATA", str(tmp_path / "cache"))
+    monkeypatch.setitem(DATASETS, "fashion-mnist", (DATASETS["fashion-mnist"][0], system))
+    with pytest.raises(PyrovaeError, match="cannot unpack"):
+        load_dataset("fashion-mnist", download=False)
+    assert not list((tmp_path / "cache").rglob("*.partial"))
 
 
 @pytest.mark.parametrize("kwargs, message", [({"name": "cifar10"}, "unknown dataset 'cifar10'"),

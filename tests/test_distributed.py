@@ -33,7 +33,7 @@ from pyrovae.data import Split
 from pyrovae.errors import PyrovaeError, UsageError
 from pyrovae.estimators import make_estimator
 from pyrovae.evaluate import mean_elbo
-from pyrovae.models import AutoEncoder
+from pyrovae.models import GMVAE, AutoEncoder
 from pyrovae.train import epoch_generator
 from pyrovae.runs import read_metrics
 
@@ -108,6 +108,12 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         step = distributed.DataParallelStep(pair, make_estimator(elbo), optim, torch.device("cpu"))
         loss = step(_global_batch().tensor_split(2)[rank])
         results[elbo] = {"loss": loss, "grads": optim.grads}
+    pyro.clear_param_store()
+    jit = make_estimator("jit-trace")  # compiles once, not at every step (it keys its code on the callables)
+    step = distributed.DataParallelStep(_no_latents(), jit, RecordGrads(), torch.device("cpu"))
+    for _ in range(3):
+        step(_global_batch().tensor_split(2)[rank])
+    results["jit_compilations"] = len(jit._loss_and_surrogate_loss.compiled)
     if rank == 1:  # everything written goes through these; rank 1 must call none of them
         def refuse(*args, **kwargs):
             raise AssertionError("rank 1 wrote to the run directory")
@@ -123,6 +129,12 @@ def _worker(rank: int, port: int, tmp: str) -> None:
         train(OffsetVAE(z_dim=4, hidden=32), data, seed=0, out=Path(tmp) / "two", **RUN)
     except refusal as err:
         results["refused"] = str(err)
+    for elbo in ("graph", "enum"):  # the explicit all-reduce and DDP: the switch at the one-process step
+        pyro.set_rng_seed(0)
+        gm = train(GMVAE(k=3, z_dim=2, hidden=[16], pretrain_examples=256, init_restarts=1), data, elbo=elbo,
+                   seed=0, epochs=1, batch_size=127, quiet=True).pair
+        results[f"gmvae-{elbo}"] = {"examples_seen": int(gm.examples_seen), "mixture_on": bool(gm.mixture_on),
+                                    "prior": gm.prior.state_dict()}
     with contextlib.redirect_stdout(io.StringIO()) as said:  # the command line, as under torchrun
         results["cli_status"] = main(["train", "vae", *CLI_RUN, "--epochs", "1", "--out", str(Path(tmp) / "cli")])
     results["cli_said"] = said.getvalue()
@@ -149,6 +161,18 @@ def test_a_sharded_step_has_the_gradient_of_the_global_batch(elbo, two_ranks):
         for name, grad in rank[elbo]["grads"].items():
             expected = store.get_param(name).unconstrained().grad
             torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-5)  # summed, not averaged
+
+
+def test_a_jit_estimator_compiles_once_on_each_rank(two_ranks):
+    assert [r["jit_compilations"] for r in two_ranks[1]] == [1, 1]
+
+
+@pytest.mark.parametrize("elbo", ["graph", "enum"])
+def test_the_gmvae_counts_every_process_examples_and_all_start_from_the_same_mixture(two_ranks, elbo):
+    ranks = [r[f"gmvae-{elbo}"] for r in two_ranks[1]]
+    assert [r["examples_seen"] for r in ranks] == [512, 512] and all(r["mixture_on"] for r in ranks)
+    for name, value in ranks[0]["prior"].items():
+        assert torch.equal(ranks[1]["prior"][name], value), name
 
 
 def test_both_ranks_end_with_the_same_parameters_and_metrics(two_ranks):
@@ -227,8 +251,10 @@ def test_each_global_batch_is_shared_out_whole_and_a_tiny_last_batch_joins_the_o
     for b, (start, stop) in enumerate([(0, 4), (4, 10)]):
         together = torch.cat([slices[rank][b][1] for rank in range(3)])
         assert torch.equal(together, order[start:stop])
-    with pytest.raises(UsageError, match="cannot be shared by 3 processes"):
+    with pytest.raises(UsageError, match="2 training examples cannot be shared by 3 processes"):
         next(distributed.Group(0, 3).shards(Split(split.x[:2], split.y[:2]), 4, 5, 2, False, torch.device("cpu")))
+    with pytest.raises(UsageError, match="2 examples a batch cannot be shared by 3 processes"):
+        next(distributed.Group(0, 3).shards(split, 2, 5, 2, False, torch.device("cpu")))
 
 
 def test_the_test_elbo_of_uneven_slices_is_the_mean_over_examples(monkeypatch):
