@@ -105,6 +105,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.batch_size < args.nproc:  # refused here once, not by every process
             raise UsageError(f"--batch-size {args.batch_size} cannot be shared by {args.nproc} processes; give "
                              f"{args.nproc} or more")
+        # so are the pair's arguments and missing data; and the data is unpacked once, not by every process
+        build(args.model, model_args)
+        load_dataset(args.dataset, root=args.data_root, train_size=1, test_size=1)
         return distributed.launch(args.nproc, _worker_argv(args, out))  # each process prints its own messages
     pyro.set_rng_seed(args.seed)  # the networks' initial weights depend on the seed too
     pair = build(args.model, model_args)

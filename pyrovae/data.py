@@ -111,7 +111,7 @@ def _unpack_system_copy(cls: Any, system: Path, root: Path) -> bool:
         raise PyrovaeError(f"cannot make the data folder {raw}: {brief(err)} (set PYROVAE_DATA to a folder)") from err
     for path in sources:
         target = raw / path.stem
-        partial = target.with_suffix(".partial")
+        partial = target.with_suffix(f".partial{os.getpid()}")  # processes started together unpack side by side
         try:
             with gzip.open(path, "rb") as src, open(partial, "wb") as dst:
                 shutil.copyfileobj(src, dst)

@@ -146,8 +146,8 @@ def train(
                          + (" (a class: build one, e.g. VAE())" if isinstance(pair, type) else ""))
     if not (isinstance(seed, int) and 0 <= seed < 2**32):
         raise UsageError(f"seed must be an integer in 0..{2**32 - 1} (NumPy's range, which Pyro seeds too), got {seed!r}")
-    if epochs < 1 or batch_size < 1 or not lr > 0:
-        raise UsageError(f"epochs and batch size must be positive and lr > 0; got epochs={epochs}, "
+    if epochs < 1 or batch_size < 1 or not 0 < lr < math.inf:
+        raise UsageError(f"epochs and batch size must be positive and lr > 0 and finite; got epochs={epochs}, "
                          f"batch_size={batch_size}, lr={lr}")
     if resume and out is None:
         raise UsageError("resume=True needs the run directory out=")

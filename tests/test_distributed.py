@@ -236,6 +236,15 @@ def test_train_nproc_hands_each_process_the_same_command(monkeypatch, tmp_path):
     assert vars(again) == vars(original)
 
 
+@pytest.mark.parametrize("argv, message", [(["--batch-size", "1"], "cannot be shared by 2 processes"),
+                                           (["--arg", "z_dim=0"], "z_dim >= 1")])
+def test_what_every_process_would_refuse_is_refused_once_before_launching(monkeypatch, capsys, argv, message):
+    monkeypatch.setattr(distributed, "launch", lambda *a: pytest.fail("launched processes"))
+    status = main(["train", "vae", "--nproc", "2", *argv])
+    err = capsys.readouterr().err
+    assert status in (1, 2) and err.count(message) == 1 and "Traceback" not in err
+
+
 def test_nproc_under_torchrun_is_refused(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["train", "vae", "--nproc", "2"]) == 2

@@ -134,7 +134,8 @@ def test_bad_run_directories_are_refused(tmp_path, data):
 @pytest.mark.parametrize(
     "kwargs, error",
     [({"elbo": "nope"}, "unknown estimator"), ({"device": "tpu"}, "unknown device"), ({"epochs": 0}, "epochs"),
-     ({"lr": -1.0}, "lr > 0"), ({"resume": True}, "resume=True needs"), ({"seed": -1}, "seed must be an integer")],
+     ({"lr": -1.0}, "lr > 0"), ({"resume": True}, "resume=True needs"), ({"seed": -1}, "seed must be an integer"),
+     ({"lr": float("inf")}, "lr > 0 and finite")],
 )
 def test_bad_options_are_usage_errors(kwargs, error, data):
     with pytest.raises(UsageError, match=error):
