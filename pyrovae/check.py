@@ -34,7 +34,7 @@ from torch import Tensor, nn
 from pyrovae.data import binarize, load_dataset
 from pyrovae.errors import PyrovaeError, UsageError, brief
 from pyrovae.estimators import FORMS, make_estimator
-from pyrovae.evaluate import check_importance
+from pyrovae.evaluate import SampleDimensionError, check_importance
 from pyrovae.rng import forked_rng
 from pyrovae.train import check_data, pyro_info_silenced
 
@@ -139,16 +139,21 @@ def _trace(pair: nn.Module, args: tuple) -> dict[str, Trace]:
     one) is replayed on the guide's draws. An error becomes a finding (raised as :class:`_Failed`)."""
     traces: dict[str, Trace] = {}
     for program in ("guide", "model"):
+        given = tuple(a.clone() for a in args)  # the caller's batch stays as it was, whatever the program does
         try:
             try:
-                traces[program] = poutine.trace(getattr(pair, program)).get_trace(*args)
+                traces[program] = poutine.trace(getattr(pair, program)).get_trace(*given)
             except NotImplementedError:  # e.g. ImproperUniform does not support sampling
                 if program == "guide":
                     raise
-                traces[program] = poutine.trace(poutine.replay(pair.model, traces["guide"])).get_trace(*args)
+                traces[program] = poutine.trace(poutine.replay(pair.model, traces["guide"])).get_trace(*given)
             traces[program] = prune_subsample_sites(traces[program])
         except Exception as err:  # noqa: BLE001 - whatever the user's program raises is reported
             m = re.search(r"inside plate\('([^']+)'\) at site (\S+) dim (-?\d+), (\d+) vs (\d+)", str(err))
+            if m and m.group(1) == DATA_PLATE and int(m.group(4)) != args[0].shape[0]:
+                raise _Failed(Finding(
+                    "plate-size", m.group(2), f"in {program}(), pyro.plate('data') has size {m.group(4)}, but the "
+                    f"batch holds {args[0].shape[0]} examples", "use pyro.plate('data', x.shape[0])")) from err
             if m:
                 plate, site, dim, size, got = m.groups()
                 raise _Failed(Finding(
@@ -157,6 +162,12 @@ def _trace(pair: nn.Module, args: tuple) -> dict[str, Trace]:
                     "declare them with .to_event(n), e.g. dist.Normal(loc, scale).to_event(1) for a vector latent")) from err
             raise _Failed(Finding("trace-error", program, f"{program}() raised {brief(err)}",
                                   f"run pyro.poutine.trace(pair.{program}).get_trace(x) to see where")) from err
+        changed = [i for i, (a, g) in enumerate(zip(args, given)) if not torch.equal(a, g)]
+        if changed:
+            raise _Failed(Finding("changes-input", program, f"{program}() changed its input "
+                                  f"{'xy'[changed[0]] if changed[0] < 2 else 'argument'} in place, so the batch the "
+                                  "caller holds is no longer the one observed", "use out-of-place operations "
+                                  "(x * 0.5, not x.mul_(0.5)); clone the input first if an in-place one is needed"))
     return traces
 
 
@@ -345,15 +356,22 @@ def _estimators(pair: nn.Module, args: tuple) -> dict[str, str | None]:
 def _sample_dim_findings(pair: nn.Module, args: tuple) -> list[Finding]:
     """Importance sampling (eval's log p(x), compare, the gap split) runs the pair with a
     dimension of draws left of its plates; a pair that breaks there is a finding."""
+    mode = pair.training
     try:
         with pyro.get_param_store().scope():
+            pair.eval()  # as eval runs it: a batch norm, say, takes one image then
             check_importance(pair, *args)
-    except PyrovaeError as err:
+    except SampleDimensionError as err:
         cause = brief(err.__cause__) if err.__cause__ is not None else str(err)
         return [Finding("sample-dim", "model/guide", "importance sampling (eval's log p(x), compare, iwae-K, dreg-K) "
                         f"runs the pair with its draws in a leading sample dimension, and it fails there: {cause}",
                         "index tensors from the right and expand other inputs to the latent's batch shape, e.g. "
                         "torch.cat([z, y.expand(*z.shape[:-1], -1)], -1)")]
+    except PyrovaeError as err:
+        return [Finding("trace-error", "model/guide", f"{err}, as eval's log p(x) runs it",
+                        "run pyrovae.evaluate.log_weights(pair, x) to see where")]
+    finally:
+        pair.train(mode)
     return []
 
 

@@ -53,6 +53,7 @@ __all__ = [
     "mean_elbo",
     "log_weights",
     "check_importance",
+    "SampleDimensionError",
     "LogLikelihood",
     "ImportanceEvaluation",
     "importance_log_likelihood",
@@ -70,6 +71,10 @@ __all__ = [
     "ElboTerms",
     "elbo_terms",
 ]
+
+class SampleDimensionError(PyrovaeError):
+    """The pair fails with a dimension of draws left of its plates, as importance sampling runs it."""
+
 
 KHAT_GOOD, KHAT_OK = 0.5, 0.7  # Pareto k-hat thresholds of Vehtari et al.
 KHAT_MIN_SAMPLES = 25  # below this ArviZ's Pareto tail has fewer than 5 weights
@@ -168,7 +173,7 @@ def trace_log_weights(model: Callable, guide: Callable, args: tuple, num_samples
     except PyrovaeError:
         raise
     except (RuntimeError, ValueError, IndexError, TypeError) as err:
-        raise PyrovaeError(
+        raise SampleDimensionError(
             f"the pair failed when run as importance sampling runs it, with {num_samples} draws per example in a "
             f"sample dimension left of its plates (dim {particle_dim}): {brief(err)}. Write model and guide so that "
             "a latent may carry extra leading dimensions: index tensors from the right, and expand other inputs "
@@ -246,7 +251,12 @@ def check_importance(pair: nn.Module, x: Tensor, y: Tensor | None = None) -> Non
     sampling cannot run (:func:`log_weights` raises its error), before any long work; the RNG
     is left as it was."""
     with forked_rng(x.device):
-        log_weights(pair, x[:1], None if y is None else y[:1], num_samples=2)
+        try:
+            log_weights(pair, x[:1], None if y is None else y[:1], num_samples=2)
+        except PyrovaeError:
+            raise
+        except Exception as err:  # noqa: BLE001 - the pair's own error, which the long parts would meet
+            raise PyrovaeError(f"importance sampling cannot run the pair: {brief(err)}") from err
 
 
 @dataclass

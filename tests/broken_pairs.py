@@ -194,6 +194,24 @@ class FlattensTheSampleDim(Small):
             pyro.sample("x", dist.Bernoulli(logits=logits).to_event(3), obs=x)
 
 
+class ChangesInput(Small):
+    """The guide scales its input in place: the caller's batch changes under it."""
+
+    def guide(self, x, y=None):
+        x.mul_(0.5)
+        super().guide(x, y)
+
+
+class PlateOfOne(Small):
+    """The model's data plate has size 1 whatever the batch; the latent has one per example."""
+
+    def model(self, x, y=None):
+        pyro.module("decoder", self.decoder)
+        with pyro.plate("data", 1):
+            z = pyro.sample("z", self.prior(x).expand([x.shape[0]]))
+            pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(3), obs=x)
+
+
 class GreyBernoulli(Small):
     """Bernoulli pixels, but no likelihood attribute: pyrovae would not binarize the grey images."""
 

@@ -71,3 +71,20 @@ def linear_pair(column_scales: tuple[float, float] = (2.0, 1.0), raw_noise: floa
             pair.encoder.linear.weight.add_(0.3 * torch.randn(2, x_dim, dtype=torch.float64))
             pair.encoder.raw_scale.add_(0.7)
     return pair
+
+
+
+class BatchNormVAE(VAE):
+    """The VAE with a batch norm on the encoder's features: a correct pair, though in training
+    mode one image is too few for the norm (evaluation runs pairs in eval mode)."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.norm = nn.BatchNorm1d(self.hparams["hidden"][-1])
+
+    def guide(self, x, y=None):
+        pyro.module("encoder", self.encoder)
+        pyro.module("norm", self.norm)
+        with pyro.plate("data", x.shape[0]):
+            loc, scale = self.encoder.code(self.norm(self.encoder.features(x)))
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import broken_pairs as broken
+from example_pairs import BatchNormVAE
 from pyrovae.check import check_pair
 from pyrovae.cli import main
 from pyrovae.data import binarize
@@ -40,6 +41,8 @@ def batch(data):
     (broken.SharedDecoder, "param-leak", "shared", "shared by every instance"),
     (broken.Crashing, "trace-error", "model", "mat1 and mat2"),
     (broken.FlattensTheSampleDim, "sample-dim", "model/guide", "leading sample dimension"),
+    (broken.ChangesInput, "changes-input", "guide", "x.mul_(0.5)"),
+    (broken.PlateOfOne, "plate-size", "z", "has size 1, but the batch holds 8"),
 ])
 def test_each_broken_pair_is_caught_with_its_message(batch, cls, kind, site, words):
     report = check_pair(cls, batch[0])
@@ -52,6 +55,7 @@ def test_each_broken_pair_is_caught_with_its_message(batch, cls, kind, site, wor
 
 def test_a_correct_pair_and_an_instance_work_too(batch):
     assert check_pair(broken.Small, batch[0]).ok
+    assert check_pair(lambda: BatchNormVAE(z_dim=3, hidden=[16]), batch[0]).ok  # probed in eval mode, as eval runs it
     report = check_pair(broken.FreeParam(), batch[0])  # the leak check's second instance is a deep copy
     assert [f.kind for f in report.findings] == ["param-leak"]
 
