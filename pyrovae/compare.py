@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import statistics
 import sys
 from dataclasses import asdict, dataclass
@@ -35,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pyrovae.data import Dataset, Split, evaluation_split
-from pyrovae.errors import UsageError
+from pyrovae.errors import PyrovaeError, UsageError, brief
 from pyrovae.estimators import make_estimator
 from pyrovae.evaluate import check_importance, importance_log_likelihood
 from pyrovae.pairs import build
@@ -67,6 +68,9 @@ class Settings:
             raise UsageError("--elbos needs at least one estimator name")
         for name in self.estimators:
             make_estimator(name)  # an unknown name fails here, before any training
+        twice = sorted({name for name in self.estimators if self.estimators.count(name) > 1})
+        if twice:
+            raise UsageError(f"--elbos names {', '.join(twice)} more than once; each estimator is one column of seeds")
         small = {k: v for k, v in asdict(self).items() if isinstance(v, int) and not isinstance(v, bool) and v < 1}
         if small:
             raise UsageError(f"these settings must be positive: {small}")
@@ -88,8 +92,10 @@ def _param_groups(pair: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> t
     """The unconstrained parameter leaves seen by the guide alone, and all the others (the model's)."""
     args = (x, y) if y is not None else (x,)
     with poutine.block(), forked_rng(x.device):
+        drawn = poutine.trace(pair.guide).get_trace(*args)
         guide_trace = poutine.trace(pair.guide, param_only=True).get_trace(*args)
-        model_trace = poutine.trace(pair.model, param_only=True).get_trace(*args)
+        # replayed on the guide's draws: a model with an improper prior (the autoencoder's) cannot draw its own
+        model_trace = poutine.trace(poutine.replay(pair.model, trace=drawn), param_only=True).get_trace(*args)
     leaves = lambda tr: {id(s["value"].unconstrained()): s["value"].unconstrained() for s in tr.nodes.values()}  # noqa: E731
     guide, model = leaves(guide_trace), leaves(model_trace)
     return [p for i, p in guide.items() if i not in model], list(model.values())
@@ -207,14 +213,25 @@ def compare(settings: Settings, data: Dataset, out: str | Path, quiet: bool = Fa
 
 
 def _check_pair(settings: Settings, data: Dataset) -> None:
-    """Refuse a pair that the log-likelihood of every run could not be computed for, before
-    any training (one untrained instance, two draws on one test image, the RNG untouched)."""
+    """Refuse, before any training, a pair that the log-likelihood of every run could not be
+    computed for, or that one of the estimators refuses (one untrained instance, one test
+    image, the RNG untouched)."""
     device = torch.device(settings.device)
     with forked_rng(device), pyro.get_param_store().scope():
         pair = build(settings.model, settings.model_args).to(device)
         binarize = getattr(getattr(pair, "likelihood", None), "binarize", False)
         first = evaluation_split(Split(data.test.x[:1], data.test.y[:1]), binarize).to(device)
-        check_importance(pair, first.x, first.y if getattr(pair, "uses_labels", False) else None)
+        y = first.y if getattr(pair, "uses_labels", False) else None
+        check_importance(pair, first.x, y)
+        args = (first.x,) if y is None else (first.x, y)
+        for name in settings.estimators:
+            try:
+                with pyro_info_silenced(), pyro.validation_enabled(False):
+                    make_estimator(name).loss_and_grads(pair.model, pair.guide, *args)
+            except PyrovaeError:
+                raise
+            except Exception as err:  # noqa: BLE001 - the estimator's own refusal, which its run would meet
+                raise UsageError(f"{name} cannot train {settings.model}: {brief(err)}") from err
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -233,6 +250,8 @@ def _by_estimator(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]
 
 
 def _mean_sd(values: Sequence[float]) -> str:
+    if any(math.isnan(v) for v in values):  # an SNR with no varying entry; statistics cannot take NaN
+        return "nan"
     mean = statistics.fmean(values)
     return f"{mean:.2f} ± {statistics.stdev(values):.2f}" if len(values) > 1 else f"{mean:.2f}"
 

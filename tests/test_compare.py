@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 from pathlib import Path
 
 import pyro
@@ -95,9 +96,27 @@ def test_each_run_of_a_comparison_rebuilds_a_users_pair_with_its_arguments(tmp_p
     assert pair.z_dim == 3 and pair.decoder.net[0].in_features == 3
 
 
+def test_an_estimator_the_pair_refuses_stops_the_comparison_before_any_training(tmp_path, data):
+    args = {**TINY["model_args"], "reparameterized": False}
+    with pytest.raises(UsageError, match="stl cannot train vae: NotReparameterizedError"):
+        compare(Settings(**{**TINY, "model_args": args, "estimators": ("trace", "stl")}), data, tmp_path / "c")
+    assert not (tmp_path / "c").exists()
+
+
+def test_a_pair_with_an_improper_prior_compares_and_a_nan_statistic_is_shown_as_nan(tmp_path, data):
+    # the autoencoder's model cannot draw its own latent (a flat prior), and its deterministic guide
+    # has gradients that never vary, so its SNRs are NaN by design
+    settings = Settings(**{**TINY, "model": "autoencoder", "model_args": {"z_dim": 2, "hidden": [16]},
+                           "estimators": ("trace",), "seeds": 2})
+    rows = compare(settings, data, tmp_path, quiet=True)
+    assert all(math.isnan(r["snr_guide_init"]) for r in rows)
+    assert "| trace |" in (tmp_path / "results.md").read_text() and "nan" in (tmp_path / "results.md").read_text()
+
+
 @pytest.mark.parametrize("kwargs, message", [({"estimators": ("trace", "iwae-0")}, "unknown estimator 'iwae-0'"),
                                              ({"estimators": ()}, "estimator"), ({"snr_draws": 1}, "snr"),
-                                             ({"device": "tpu"}, "unknown device")])
+                                             ({"device": "tpu"}, "unknown device"),
+                                             ({"estimators": ("trace", "iwae-2", "trace")}, "trace more than once")])
 def test_bad_settings_are_usage_errors(kwargs, message):
     with pytest.raises(UsageError, match=message):
         Settings(**{**TINY, "estimators": ("trace",), **kwargs})

@@ -102,7 +102,7 @@ def _jit(cls: type[ELBO]) -> Callable[[], ELBO]:
     return build
 
 
-_INT = r"([1-9][0-9]*)"
+_INT = r"([1-9][0-9]{0,5})"  # below a million draws: more overflow Pyro's plates long before they would help
 _FLOAT = r"(-?[0-9]+(?:\.[0-9]+)?)"
 FORMS: tuple[Form, ...] = (
     Form("trace", "trace", _trace),
@@ -121,7 +121,7 @@ FORMS: tuple[Form, ...] = (
 
 
 def valid_forms() -> str:
-    return ", ".join(f.pattern for f in FORMS) + " (K a positive integer, A a number other than 1)"
+    return ", ".join(f.pattern for f in FORMS) + " (K a positive integer below a million, A a number other than 1)"
 
 
 def _match(name: str) -> tuple[Form, tuple[str, ...]]:
