@@ -69,6 +69,7 @@ class Site:
     enumerated: bool
     auxiliary: bool
     in_data_plate: bool
+    scale: float | None = 1.0  # poutine.scale's factor on its log density; None when it varies by example
 
     @property
     def role(self) -> str:
@@ -182,8 +183,15 @@ def _sites(traces: dict[str, Trace]) -> dict[tuple[str, str], Site]:
                 out[(program, name)] = Site(
                     program, name, type(base).__name__, tuple(fn.batch_shape), tuple(fn.event_shape),
                     tuple(s["value"].shape), s["is_observed"], bool(fn.has_rsample), "enumerate" in s["infer"],
-                    bool(s["infer"].get("is_auxiliary")), any(f.name == DATA_PLATE for f in s["cond_indep_stack"]))
+                    bool(s["infer"].get("is_auxiliary")), any(f.name == DATA_PLATE for f in s["cond_indep_stack"]),
+                    _scalar(s["scale"]))
     return out
+
+
+def _scalar(scale: float | Tensor) -> float | None:
+    if torch.is_tensor(scale):
+        return float(scale) if scale.numel() == 1 else None
+    return float(scale)
 
 
 def _densities(traces: dict[str, Trace]) -> tuple[dict[str, Tensor], list[Finding]]:
@@ -262,6 +270,11 @@ def _match_findings(sites: dict) -> list[Finding]:
             out.append(Finding("site-mismatch", n, f"guide() draws {n!r} with batch shape {g.batch_shape} and event "
                                f"shape {g.event_shape}, model() expects {m.batch_shape} and {m.event_shape}",
                                "give the guide's distribution the model's size and the same .to_event(n)"))
+        if None not in (g.scale, m.scale) and g.scale != m.scale:
+            out.append(Finding("scale-mismatch", n, f"model() scales the log density of {n!r} by {m.scale:g} and "
+                               f"guide() by {g.scale:g}: the ELBO is then no bound on log p(x) (to weigh the KL "
+                               "term, as a beta-VAE does, both must be scaled alike)",
+                               "put the same poutine.scale around the site in both programs, or in neither"))
     return out
 
 

@@ -212,6 +212,14 @@ class PlateOfOne(Small):
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(z)).to_event(3), obs=x)
 
 
+class ScaledGuideOnly(Small):
+    """Only the guide's latent is scaled, which makes the "ELBO" no bound."""
+
+    def guide(self, x, y=None):
+        with pyro.poutine.scale(scale=10.0):
+            super().guide(x, y)
+
+
 class GreyBernoulli(Small):
     """Bernoulli pixels, but no likelihood attribute: pyrovae would not binarize the grey images."""
 

@@ -43,6 +43,7 @@ def batch(data):
     (broken.FlattensTheSampleDim, "sample-dim", "model/guide", "leading sample dimension"),
     (broken.ChangesInput, "changes-input", "guide", "x.mul_(0.5)"),
     (broken.PlateOfOne, "plate-size", "z", "has size 1, but the batch holds 8"),
+    (broken.ScaledGuideOnly, "scale-mismatch", "z", "by 1 and guide() by 10"),
 ])
 def test_each_broken_pair_is_caught_with_its_message(batch, cls, kind, site, words):
     report = check_pair(cls, batch[0])
