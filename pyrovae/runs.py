@@ -138,10 +138,7 @@ def read_metrics(out: Path, last_epoch: int | None = None) -> list[dict[str, Any
 
 
 def rewrite_metrics(out: Path, records: list[dict[str, Any]]) -> None:
-    tmp = out / (METRICS + ".tmp")
-    with _writing(tmp):
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-        os.replace(tmp, out / METRICS)
+    write_file(out / METRICS, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def save_checkpoint(out: Path, state: dict[str, Any]) -> Path:
