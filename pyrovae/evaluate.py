@@ -72,6 +72,7 @@ __all__ = [
     "elbo_terms",
 ]
 
+
 class SampleDimensionError(PyrovaeError):
     """The pair fails with a dimension of draws left of its plates, as importance sampling runs it."""
 
