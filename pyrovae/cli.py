@@ -166,6 +166,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run, dev)
     path = Path(args.run) / "eval.json"
     check_writable(path)  # before the long parts, not after
+    for old in [Path(args.run) / "worst_khat.png", *Path(args.run).glob("posterior_*.png")]:
+        old.unlink(missing_ok=True)  # a previous eval's figures: what is left is what eval.json names
     cfg = run.config
     test, _ = _test_split(run, dev)
     if args.test_size is not None:

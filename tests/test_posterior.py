@@ -95,6 +95,8 @@ def test_eval_posterior_writes_the_comparison_and_the_gaps(tmp_path, capsys):
         posterior["log_likelihood"] - posterior["elbo_amortized"])
     with Image.open(Path(posterior["figure"])) as image:
         assert image.format == "PNG" and image.size[0] > 0
+    assert main(["eval", str(run), "--iwae-k", "0"]) == 0  # a second eval leaves no figure the first one drew
+    assert not list(run.glob("posterior_*.png")) and "posterior" not in json.loads((run / "eval.json").read_text())
 
 
 def test_gap_split_finds_the_mean_field_approximation_gap_of_a_correlated_posterior(pair, x):
