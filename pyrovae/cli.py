@@ -166,8 +166,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     run = load_run(args.run, dev)
     path = Path(args.run) / "eval.json"
     check_writable(path)  # before the long parts, not after
-    for old in [Path(args.run) / "worst_khat.png", *Path(args.run).glob("posterior_*.png")]:
-        old.unlink(missing_ok=True)  # a previous eval's figures: what is left is what eval.json names
     cfg = run.config
     test, _ = _test_split(run, dev)
     if args.test_size is not None:
@@ -183,6 +181,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.posterior:
             from pyrovae.posterior import check_comparable
             check_comparable(run.pair, test.x[:1], test.y[:1] if uses_labels else None)
+        for figure in [Path(args.run) / "worst_khat.png", *Path(args.run).glob("posterior_*.png")]:
+            figure.unlink(missing_ok=True)  # an earlier eval's: the figures left are those eval.json names
         pyro.set_rng_seed(args.seed)
         elbo = mean_elbo(run.pair, test, make_evaluator(cfg["elbo"]), args.batch_size, uses_labels)
         result = {"test_elbo": elbo, "estimator": cfg["elbo"], "num_examples": len(test),
