@@ -71,6 +71,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
+from pyrovae import distributed
 from pyrovae.clustering import kmeans
 from pyrovae.errors import UsageError
 from pyrovae.likelihoods import make_likelihood
@@ -140,18 +141,11 @@ class ComponentHeads(nn.Module):
         self.shift = nn.Parameter(torch.zeros(k, z_dim))
 
 
-def _world() -> int:
-    return torch_dist.get_world_size() if torch_dist.is_available() and torch_dist.is_initialized() else 1
-
-
 def _global_count(x: torch.Tensor) -> int:
     """The examples of this step on every process: pretraining lasts as many examples, and
     switches at the same step, as in one process."""
-    if _world() == 1:
-        return x.shape[0]
-    n = torch.tensor([x.shape[0]], device=x.device)
-    torch_dist.all_reduce(n)
-    return int(n.item())
+    group = distributed.current()
+    return x.shape[0] if group is None else int(group.sum(x.shape[0], x.device))
 
 
 @register("gmvae")
@@ -280,7 +274,7 @@ class GMVAE(nn.Module):
         if n >= self.k:
             loc, scale = self.codes[:n].split(self.z_dim, -1)
             self.prior.fit(loc, scale, self.init_restarts)
-        if _world() > 1:  # every process starts from rank 0's components (each kept its own slices' codes)
+        if distributed.current() is not None:  # each process kept its own slices' codes: all start from rank 0's
             for tensor in self.prior.state_dict().values():
                 torch_dist.broadcast(tensor, src=0)
         self.mixture_on.fill_(True)

@@ -38,7 +38,7 @@ from pyrovae.evaluate import SampleDimensionError, check_importance
 from pyrovae.rng import forked_rng
 from pyrovae.train import check_data, pyro_info_silenced
 
-__all__ = ["Finding", "Site", "Network", "Report", "check_pair", "load_batch"]
+__all__ = ["Finding", "Site", "Network", "Report", "check_pair", "load_batch", "refusal"]
 
 DATA_PLATE = "data"
 PLATE_FIX = "sample {} inside `with pyro.plate('data', x.shape[0]):` and .to_event(n) only the dimensions of one example"
@@ -350,20 +350,23 @@ def _leak_findings(first: nn.Module, second: nn.Module, args: tuple) -> list[Fin
     return out
 
 
+def refusal(pair: nn.Module, estimator: str, args: tuple) -> str | None:
+    """One step of ``estimator`` on ``pair`` with ``args`` (in a parameter store of its own,
+    gradients cleared after): None where it works, else why not (the error, shortened)."""
+    try:
+        with pyro_info_silenced(), pyro.get_param_store().scope():
+            make_estimator(estimator).loss_and_grads(pair.model, pair.guide, *args)
+        return None
+    except Exception as err:  # noqa: BLE001 - the reason is reported
+        return brief(err)
+    finally:
+        pair.zero_grad(set_to_none=True)
+
+
 def _estimators(pair: nn.Module, args: tuple) -> dict[str, str | None]:
     """Each estimator form, without the JIT ones, run once: None where it works, else its error."""
-    out: dict[str, str | None] = {}
-    with pyro_info_silenced():
-        for form in (f for f in FORMS if not f.pattern.startswith("jit-")):
-            try:
-                with pyro.get_param_store().scope():
-                    elbo = make_estimator(form.pattern.replace("-A", "-0.5").replace("-K", "-2"))
-                    elbo.loss_and_grads(pair.model, pair.guide, *args)
-                out[form.pattern] = None
-            except Exception as err:  # noqa: BLE001 - the reason is reported
-                out[form.pattern] = brief(err)
-            pair.zero_grad(set_to_none=True)
-    return out
+    return {form.pattern: refusal(pair, form.pattern.replace("-A", "-0.5").replace("-K", "-2"), args)
+            for form in FORMS if not form.pattern.startswith("jit-")}
 
 
 def _sample_dim_findings(pair: nn.Module, args: tuple) -> list[Finding]:

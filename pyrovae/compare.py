@@ -35,8 +35,9 @@ from pyro.infer import ELBO
 from torch import nn
 from tqdm.auto import tqdm
 
+from pyrovae.check import refusal
 from pyrovae.data import Dataset, Split, evaluation_split
-from pyrovae.errors import PyrovaeError, UsageError, brief
+from pyrovae.errors import UsageError
 from pyrovae.estimators import make_estimator
 from pyrovae.evaluate import check_importance, importance_log_likelihood
 from pyrovae.pairs import build
@@ -92,11 +93,11 @@ def _param_groups(pair: nn.Module, x: torch.Tensor, y: torch.Tensor | None) -> t
     """The unconstrained parameter leaves seen by the guide alone, and all the others (the model's)."""
     args = (x, y) if y is not None else (x,)
     with poutine.block(), forked_rng(x.device):
-        drawn = poutine.trace(pair.guide).get_trace(*args)
-        guide_trace = poutine.trace(pair.guide, param_only=True).get_trace(*args)
+        guide_trace = poutine.trace(pair.guide).get_trace(*args)
         # replayed on the guide's draws: a model with an improper prior (the autoencoder's) cannot draw its own
-        model_trace = poutine.trace(poutine.replay(pair.model, trace=drawn), param_only=True).get_trace(*args)
-    leaves = lambda tr: {id(s["value"].unconstrained()): s["value"].unconstrained() for s in tr.nodes.values()}  # noqa: E731
+        model_trace = poutine.trace(poutine.replay(pair.model, trace=guide_trace), param_only=True).get_trace(*args)
+    leaves = lambda tr: {id(s["value"].unconstrained()): s["value"].unconstrained()  # noqa: E731
+                         for s in tr.nodes.values() if s["type"] == "param"}
     guide, model = leaves(guide_trace), leaves(model_trace)
     return [p for i, p in guide.items() if i not in model], list(model.values())
 
@@ -225,13 +226,9 @@ def _check_pair(settings: Settings, data: Dataset) -> None:
         check_importance(pair, first.x, y)
         args = (first.x,) if y is None else (first.x, y)
         for name in settings.estimators:
-            try:
-                with pyro_info_silenced(), pyro.validation_enabled(False):
-                    make_estimator(name).loss_and_grads(pair.model, pair.guide, *args)
-            except PyrovaeError:
-                raise
-            except Exception as err:  # noqa: BLE001 - the estimator's own refusal, which its run would meet
-                raise UsageError(f"{name} cannot train {settings.model}: {brief(err)}") from err
+            why = refusal(pair, name, args)
+            if why is not None:
+                raise UsageError(f"{name} cannot train {settings.model}: {why}")
 
 
 def _write_csv(rows: list[dict[str, Any]], path: Path) -> None:
