@@ -100,6 +100,7 @@ def prepare_dir(out: Path, config: dict[str, Any], resume: bool) -> dict[str, An
     if ckpt_path.exists():
         raise PyrovaeError(f"{out} already holds a run (checkpoint.pt); pass --resume to continue it, "
                            "or choose another --out")
+    _refuse_foreign_files(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
         (out / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
@@ -107,6 +108,33 @@ def prepare_dir(out: Path, config: dict[str, Any], resume: bool) -> dict[str, An
     except OSError as err:
         raise PyrovaeError(f"cannot write the run directory {out}: {err.strerror or err}; choose another --out") from err
     return None
+
+
+def _refuse_foreign_files(out: Path) -> None:
+    """A folder without a checkpoint may hold a run stopped before its first epoch ended,
+    whose ``config.json`` and ``metrics.jsonl`` a new run may replace; files of those names
+    that pyrovae did not write are the user's, and are not overwritten."""
+    for name, ours in ((CONFIG, _is_run_config), (METRICS, _is_metrics)):
+        path = out / name
+        if path.exists() and not ours(path):
+            raise PyrovaeError(f"{path} was not written by pyrovae, and a run would overwrite it; "
+                               "choose another --out")
+
+
+def _is_run_config(path: Path) -> bool:
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and {"model", "elbo", "epochs"} <= config.keys()
+
+
+def _is_metrics(path: Path) -> bool:
+    try:
+        read_metrics(path.parent)
+    except (OSError, UnicodeDecodeError, PyrovaeError):
+        return False
+    return True
 
 
 def append_metrics(out: Path, record: dict[str, Any]) -> None:

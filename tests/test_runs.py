@@ -90,7 +90,7 @@ def test_resuming_with_fewer_epochs_than_done_is_refused_and_changes_nothing(fin
 
 def test_a_run_stopped_before_its_first_checkpoint_says_to_start_again(tmp_path, monkeypatch, capsys):
     def stopped_at_once(pair, data, *, out, **kwargs):
-        runs.prepare_dir(out, {"model": "vae"}, resume=False)  # what train writes first
+        runs.prepare_dir(out, {"model": "vae", "elbo": "trace", "epochs": 1}, resume=False)  # train's first write
         raise KeyboardInterrupt
 
     monkeypatch.setattr(cli, "train", stopped_at_once)
@@ -101,3 +101,21 @@ def test_a_run_stopped_before_its_first_checkpoint_says_to_start_again(tmp_path,
     assert "error" not in err
     assert main(["eval", str(run)]) == 1
     _one_line_error(capsys, "the run stopped before its first epoch ended")
+
+
+def test_a_run_stopped_before_its_first_checkpoint_is_started_again_in_its_folder(tmp_path):
+    run = tmp_path / "early"
+    runs.prepare_dir(run, {"model": "vae", "elbo": "trace", "epochs": 3}, resume=False)
+    (run / METRICS).write_text('{"epoch": 1, "test_elbo": -500.0}\n')  # stopped between metrics and checkpoint
+    assert main(["train", "vae", "--epochs", "1", "--out", str(run), *TINY]) == 0
+    assert [r["epoch"] for r in runs.read_metrics(run)] == [1] and (run / CHECKPOINT).exists()
+
+
+@pytest.mark.parametrize("name, text", [("config.json", '{"learning_rate": 0.1}\n'), ("config.json", "lr: 0.1\n"),
+                                        ("metrics.jsonl", "step,loss\n1,0.5\n")])
+def test_files_pyrovae_did_not_write_are_not_overwritten(tmp_path, capsys, name, text):
+    (tmp_path / name).write_text(text)
+    assert main(["train", "vae", "--epochs", "1", "--out", str(tmp_path), *TINY]) == 1
+    _one_line_error(capsys, f"{tmp_path / name} was not written by pyrovae", "choose another --out")
+    assert (tmp_path / name).read_text() == text
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]
