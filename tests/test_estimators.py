@@ -287,3 +287,16 @@ def test_registry_parses_forms_and_picks_the_reporting_elbo():
 def test_malformed_names_list_the_valid_forms(name):
     with pytest.raises(UsageError, match=r"valid forms: trace, .*iwae-K, dreg-K, renyi-A-K"):
         make_estimator(name)
+
+
+@pytest.mark.parametrize("name", ["meanfield", "jit-meanfield"])
+def test_meanfield_refuses_a_discrete_guide_site_by_name_even_with_validation_off(name):
+    """Pyro's own check runs only under validation, which the trainer turns off after an
+    epoch's first step, and does not name the site."""
+    import broken_pairs
+
+    pair = broken_pairs.Discrete()
+    x = torch.bernoulli(torch.full((4, 1, 28, 28), 0.3))
+    with pyro.validation_enabled(False), pyro.get_param_store().scope(), \
+            pytest.raises(NotReparameterizedError, match=r"meanfield.*guide site\(s\) 'c' \(Categorical\)"):
+        make_estimator(name).loss_and_grads(pair.model, pair.guide, x)

@@ -26,6 +26,7 @@ from pyro.infer import (
 from pyrovae.errors import UsageError
 from pyrovae.estimators.dreg_elbo import DReG_ELBO
 from pyrovae.estimators.renyi_elbo import ReparameterizedRenyiELBO
+from pyrovae.estimators.reparam import require_reparameterized
 from pyrovae.estimators.stl_elbo import STL_ELBO
 
 __all__ = ["Form", "FORMS", "make_estimator", "make_evaluator", "valid_forms"]
@@ -50,10 +51,29 @@ def _trace() -> ELBO:
     return Trace_ELBO()
 
 
+class _NamesUnreparameterizedSites:
+    """Pyro's mean-field ELBOs check the guide only while validation is on (pyrovae's trainer
+    turns it on for an epoch's first step) and without naming the site: check at every
+    step, and name each guide site that cannot be reparameterized."""
+
+    def _get_trace(self, model, guide, args, kwargs):  # noqa: ANN001, ANN202 - Pyro's signature
+        model_trace, guide_trace = super()._get_trace(model, guide, args, kwargs)
+        require_reparameterized(guide_trace, "the mean-field estimator (meanfield)")
+        return model_trace, guide_trace
+
+
+class _MeanField(_NamesUnreparameterizedSites, TraceMeanField_ELBO):
+    pass
+
+
+class _JitMeanField(_NamesUnreparameterizedSites, JitTraceMeanField_ELBO):
+    pass
+
+
 def _meanfield() -> ELBO:
     """TraceMeanField_ELBO: the analytic KL between guide and prior where Pyro has it (lower
-    variance); the guide's latent sites must mirror the model's."""
-    return TraceMeanField_ELBO()
+    variance); the guide's latent sites must mirror the model's and be reparameterized."""
+    return _MeanField()
 
 
 def _graph() -> ELBO:
@@ -98,7 +118,8 @@ def _jit(cls: type[ELBO]) -> Callable[[], ELBO]:
     def build() -> ELBO:
         return cls()
 
-    build.__doc__ = f"{cls.__name__}: the same estimator compiled with the PyTorch JIT (first step is slow)."
+    pyros = next(c for c in cls.__mro__ if c.__module__.startswith("pyro."))
+    build.__doc__ = f"{pyros.__name__}: the same estimator compiled with the PyTorch JIT (first step is slow)."
     return build
 
 
@@ -114,7 +135,7 @@ FORMS: tuple[Form, ...] = (
     Form("dreg-K", rf"dreg-{_INT}", _dreg),
     Form("renyi-A-K", rf"renyi-{_FLOAT}-{_INT}", _renyi),
     Form("jit-trace", "jit-trace", _jit(JitTrace_ELBO)),
-    Form("jit-meanfield", "jit-meanfield", _jit(JitTraceMeanField_ELBO)),
+    Form("jit-meanfield", "jit-meanfield", _jit(_JitMeanField)),
     Form("jit-graph", "jit-graph", _jit(JitTraceGraph_ELBO)),
     Form("jit-enum", "jit-enum", _jit(JitTraceEnum_ELBO), enumerates=True),
 )
